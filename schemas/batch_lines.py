@@ -1,0 +1,81 @@
+"""The three line formats of a batch: the input line, the output line and the error line.
+
+Output and error lines share one shape (as in OpenAI's and Bailian's files):
+`{"id", "custom_id", "response": {"status_code", "request_id", "body"} | null, "error": {...} | null}`.
+A request the engine answered with a 4xx/5xx keeps that response and goes to the error file;
+a line that never reached an engine (bad JSON, duplicate id, expiry, cancel) has
+`response: null` and a located `error` (`code`, `message`, `param`, `line`).
+
+Hot paths build these as plain dicts with the helpers below (orjson serialises them); the
+pydantic models are the reference definition and what tests validate against.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict
+
+
+class BatchInputLine(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    custom_id: str
+    method: Literal["POST"]
+    url: str
+    body: dict[str, Any]
+
+
+class LineResponse(BaseModel):
+    status_code: int
+    request_id: str
+    body: dict[str, Any] | None = None
+
+
+class LineError(BaseModel):
+    code: str
+    message: str
+    param: str | None = None
+    line: int | None = None
+
+
+class BatchOutputLine(BaseModel):
+    id: str
+    custom_id: str | None
+    response: LineResponse | None
+    error: LineError | None = None
+
+
+# The error file uses the same shape; the alias makes call sites say which file they mean.
+BatchErrorLine = BatchOutputLine
+
+
+def output_line(line_id: str, custom_id: str | None, status_code: int, request_id: str, body: Any) -> dict:
+    return {
+        "id": line_id,
+        "custom_id": custom_id,
+        "response": {"status_code": status_code, "request_id": request_id, "body": body},
+        "error": None,
+    }
+
+
+def error_line(
+    line_id: str,
+    custom_id: str | None,
+    code: str,
+    message: str,
+    *,
+    param: str | None = None,
+    line: int | None = None,
+    response: dict | None = None,
+) -> dict:
+    return {
+        "id": line_id,
+        "custom_id": custom_id,
+        "response": response,
+        "error": {"code": code, "message": message, "param": param, "line": line},
+    }
+
+
+def is_success(status_code: int) -> bool:
+    return 200 <= status_code < 300

@@ -1,0 +1,174 @@
+"""The one line validator: run-batch, the Files upload check and the dispatcher all use it.
+
+It answers either a `ValidLine` or a `LineIssue` located by line number, `param` and a
+stable `code`. Checks are hand-written rather than a pydantic model per line because this
+runs once per request on the hot path; the engines parse bodies fully later and answer
+a per-line 400 for what only they can judge (e.g. unsupported sampling parameters).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from schemas.inference import CHAT_COMPLETIONS, CHAT_DS_TEST, COMPLETIONS, EMBEDDINGS, SUPPORTED_ENDPOINTS
+from schemas.jsonl import DEFAULT_MAX_LINE_BYTES, RawLine
+
+# Every code a line can fail validation with; docs/errors.md explains each.
+LINE_ERROR_CODES: tuple[str, ...] = (
+    "line_too_large",
+    "invalid_utf8",
+    "invalid_json",
+    "missing_custom_id",
+    "invalid_custom_id",
+    "duplicate_custom_id",
+    "invalid_method",
+    "missing_url",
+    "mismatched_url",
+    "unsupported_url",
+    "invalid_body",
+    "missing_model",
+    "mismatched_model",
+)
+
+# Field each endpoint's body must carry, with the JSON type it must have.
+_REQUIRED_BODY_FIELD: dict[str, tuple[str, tuple[type, ...]]] = {
+    CHAT_COMPLETIONS: ("messages", (list,)),
+    CHAT_DS_TEST: ("messages", (list,)),
+    COMPLETIONS: ("prompt", (str, list)),
+    EMBEDDINGS: ("input", (str, list)),
+}
+
+
+@dataclass(slots=True)
+class ValidLine:
+    number: int
+    start: int
+    end: int
+    custom_id: str
+    url: str
+    body: dict[str, Any]
+
+
+@dataclass(slots=True)
+class LineIssue:
+    number: int
+    start: int
+    end: int
+    custom_id: str | None
+    code: str
+    message: str
+    param: str | None = None
+
+
+def _type_name(value: Any) -> str:
+    return {dict: "object", list: "array", str: "string", bool: "boolean", type(None): "null"}.get(
+        type(value), "number"
+    )
+
+
+class LineValidator:
+    """Stateful across one file: it remembers custom_ids to report duplicates.
+
+    `endpoint`: the batch's endpoint; every line's url must equal it. None (run-batch without
+    --endpoint) accepts any supported endpoint. `model`: the batch's one model; None adopts
+    the first valid line's model and then holds every later line to it.
+    """
+
+    def __init__(
+        self,
+        *,
+        endpoint: str | None = None,
+        model: str | None = None,
+        max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
+    ) -> None:
+        self.endpoint = endpoint
+        self.model = model
+        self.max_line_bytes = max_line_bytes
+        # hash(custom_id) -> first line number. Hashes, not strings, bound the memory of a
+        # million-line file; a 64-bit collision would at worst flag one false duplicate.
+        self._seen: dict[int, int] = {}
+
+    def validate(self, raw: RawLine) -> ValidLine | LineIssue | None:
+        """None for a blank line (skipped, still counted in line numbers)."""
+        n, s, e = raw.number, raw.start, raw.end
+        if raw.oversize:
+            return LineIssue(n, s, e, None, "line_too_large",
+                             f"line {n} is longer than the {self.max_line_bytes} byte limit")
+        data = raw.data
+        if not data or data.isspace():
+            return None
+        try:
+            obj = orjson.loads(data)
+        except orjson.JSONDecodeError as exc:
+            try:
+                data.decode("utf-8")
+            except UnicodeDecodeError as uexc:
+                return LineIssue(n, s, e, None, "invalid_utf8",
+                                 f"line {n} is not valid UTF-8 (byte {uexc.start})")
+            return LineIssue(n, s, e, None, "invalid_json", f"line {n} is not valid JSON: {exc}")
+        if not isinstance(obj, dict):
+            return LineIssue(n, s, e, None, "invalid_json",
+                             f"line {n} must be a JSON object, got {_type_name(obj)}")
+
+        custom_id = obj.get("custom_id")
+        if custom_id is None or custom_id == "":
+            return LineIssue(n, s, e, None, "missing_custom_id",
+                             f"line {n} has no custom_id", "custom_id")
+        if not isinstance(custom_id, str):
+            return LineIssue(n, s, e, None, "invalid_custom_id",
+                             f"line {n}: custom_id must be a string, got {_type_name(custom_id)}", "custom_id")
+        key = hash(custom_id)
+        first = self._seen.get(key)
+        if first is not None:
+            return LineIssue(n, s, e, custom_id, "duplicate_custom_id",
+                             f"line {n}: custom_id {custom_id!r} is already used on line {first}", "custom_id")
+        self._seen[key] = n
+
+        method = obj.get("method")
+        if method != "POST":
+            return LineIssue(n, s, e, custom_id, "invalid_method",
+                             f"line {n}: method must be \"POST\", got {method!r}", "method")
+
+        url = obj.get("url")
+        if not isinstance(url, str) or not url:
+            return LineIssue(n, s, e, custom_id, "missing_url", f"line {n} has no url", "url")
+        if self.endpoint is not None:
+            if url != self.endpoint:
+                return LineIssue(n, s, e, custom_id, "mismatched_url",
+                                 f"line {n}: url {url!r} differs from the batch endpoint {self.endpoint!r}", "url")
+        elif url not in SUPPORTED_ENDPOINTS:
+            return LineIssue(n, s, e, custom_id, "unsupported_url",
+                             f"line {n}: url {url!r} is not one of {sorted(SUPPORTED_ENDPOINTS)}", "url")
+
+        body = obj.get("body")
+        if not isinstance(body, dict):
+            return LineIssue(n, s, e, custom_id, "invalid_body",
+                             f"line {n}: body must be a JSON object, got {_type_name(body)}", "body")
+        model = body.get("model")
+        if not isinstance(model, str) or not model:
+            return LineIssue(n, s, e, custom_id, "missing_model",
+                             f"line {n}: body.model must be a non-empty string", "body.model")
+        if self.model is None:
+            self.model = model
+        elif model != self.model:
+            return LineIssue(n, s, e, custom_id, "mismatched_model",
+                             f"line {n}: body.model {model!r} differs from the batch model {self.model!r}; "
+                             "a batch runs one model", "body.model")
+        required = _REQUIRED_BODY_FIELD.get(url)
+        if required is not None:
+            field, types = required
+            value = body.get(field)
+            if not isinstance(value, types) or (isinstance(value, list | str) and not value):
+                return LineIssue(n, s, e, custom_id, "invalid_body",
+                                 f"line {n}: body.{field} is required for {url} and must be a non-empty "
+                                 f"{' or '.join(_type_name(t()) for t in types)}", f"body.{field}")
+        if body.get("stream"):
+            return LineIssue(n, s, e, custom_id, "invalid_body",
+                             f"line {n}: body.stream is not supported in a batch", "body.stream")
+        if len(obj) > 4 and (extra := sorted(set(obj) - {"custom_id", "method", "url", "body"})):
+            return LineIssue(n, s, e, custom_id, "invalid_json",
+                             f"line {n}: unknown field(s) {', '.join(extra)}", extra[0])
+        return ValidLine(n, s, e, custom_id, url, body)

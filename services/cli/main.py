@@ -1,0 +1,41 @@
+"""`offhours` — one command, one subcommand per module.
+
+Each subcommand module exposes `register(subparsers)`; adding a command is adding its
+module to COMMANDS, nothing else.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+# Imported lazily so `offhours --help` does not pay for torch or llama.cpp.
+COMMANDS: tuple[str, ...] = (
+    "services.cli.run_batch_command",
+    "services.cli.infra_command",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="offhours",
+        description="Self-hosted, OpenAI-compatible Batch inference: services and offline runner.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for name in COMMANDS:
+        importlib.import_module(name).register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    rc = args.func(args)
+    return int(rc or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,105 @@
+"""`batch-test-model`: the seed documents' test model — no inference, a fixed answer.
+
+It lets a user check a file, the endpoint wiring and their download code at zero cost. The
+same engine is registered as `null-model` for load tests and benchmarks, without the
+seed's per-batch limits.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from schemas.inference import CHAT_COMPLETIONS, CHAT_DS_TEST, COMPLETIONS
+from services.worker.engines.base import Engine, EngineRequest, EngineResult, bad_request
+
+ANSWER = "This is a test result."
+# What a BPE tokenizer makes of ANSWER ("This", " is", " a", " test", " result", ".").
+ANSWER_TOKENS = 6
+# Per-message framing tokens as OpenAI counts them for chat models.
+_TOKENS_PER_MESSAGE = 3
+_TOKENS_PER_REPLY = 3
+
+
+def estimate_tokens(text: str) -> int:
+    """About four characters per token for English under a BPE tokenizer; at least one."""
+    return max(1, (len(text) + 3) // 4) if text else 0
+
+
+def _content_text(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):  # content parts: count the text ones
+        return " ".join(p.get("text", "") for p in content if isinstance(p, dict))
+    return ""
+
+
+def chat_prompt_tokens(messages: list[Any]) -> int:
+    total = _TOKENS_PER_REPLY
+    for m in messages:
+        if isinstance(m, dict):
+            total += _TOKENS_PER_MESSAGE + estimate_tokens(_content_text(m.get("content")))
+    return total
+
+
+class TestEngine(Engine):
+    kind = "test"
+    __test__ = False  # not a pytest test class
+
+    def __init__(self, model: str, **options: Any) -> None:
+        options.setdefault("batch_size", 512)
+        options.setdefault("max_concurrency", 4096)
+        super().__init__(model, **options)
+        self._ids = itertools.count()
+        self._prefix = os.urandom(4).hex()
+
+    @classmethod
+    def default_endpoints(cls) -> frozenset[str]:
+        return frozenset({CHAT_COMPLETIONS, CHAT_DS_TEST, COMPLETIONS})
+
+    def _answer(self, request: EngineRequest, created: int) -> EngineResult:
+        n = next(self._ids)
+        request_id = f"req_{self._prefix}{n:08x}"
+        body = request.body
+        if request.endpoint == COMPLETIONS:
+            prompt = body.get("prompt")
+            text = prompt if isinstance(prompt, str) else " ".join(str(p) for p in prompt or ())
+            prompt_tokens = estimate_tokens(text)
+            return EngineResult(200, {
+                "id": f"cmpl-{self._prefix}{n:08x}",
+                "object": "text_completion",
+                "created": created,
+                "model": self.model,
+                "choices": [{"index": 0, "text": ANSWER, "finish_reason": "stop", "logprobs": None}],
+                "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": ANSWER_TOKENS,
+                          "total_tokens": prompt_tokens + ANSWER_TOKENS},
+            }, request_id)
+        messages = body.get("messages")
+        if not isinstance(messages, list) or not messages:
+            return bad_request(request_id, "messages must be a non-empty array", param="messages")
+        prompt_tokens = chat_prompt_tokens(messages)
+        return EngineResult(200, {
+            "id": f"chatcmpl-{self._prefix}{n:08x}",
+            "object": "chat.completion",
+            "created": created,
+            "model": self.model,
+            "choices": [{
+                "index": 0,
+                "message": {"role": "assistant", "content": ANSWER},
+                "finish_reason": "stop",
+                "logprobs": None,
+            }],
+            "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": ANSWER_TOKENS,
+                      "total_tokens": prompt_tokens + ANSWER_TOKENS},
+        }, request_id)
+
+    async def infer(self, request: EngineRequest) -> EngineResult:
+        return self._answer(request, int(time.time()))
+
+    async def infer_many(self, requests: Sequence[EngineRequest]) -> list[EngineResult]:
+        # One loop, no task per request: this engine is the I/O floor of the pipeline.
+        created = int(time.time())
+        return [self._answer(r, created) for r in requests]

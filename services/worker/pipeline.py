@@ -1,0 +1,197 @@
+"""Validated lines in, output and error lines out, in input order, with the engine kept full.
+
+Shared by `offhours run-batch` and the worker. Lines are grouped into slots of the
+engine's `batch_size`; up to enough slots to cover `max_concurrency` requests run at once,
+and finished slots are written strictly in input order. The window of slots is the
+bounded reorder buffer: memory depends on concurrency x line size, never on file size.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+from collections import deque
+from collections.abc import AsyncIterable, Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import orjson
+
+from schemas.batch_lines import error_line, output_line
+from schemas.inference import usage_of
+from schemas.line_validation import LineIssue, ValidLine
+from services.worker.engines.base import Engine, EngineRequest, EngineResult
+
+log = logging.getLogger(__name__)
+
+Item = ValidLine | LineIssue
+
+
+class Sink(Protocol):
+    async def write(self, data: bytes) -> None: ...
+
+
+@dataclass
+class PipelineStats:
+    total: int = 0
+    succeeded: int = 0
+    failed: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    stopped: bool = False
+    last_line: int = 0  # number of the last line written
+    failures_by_code: dict[str, int] = field(default_factory=dict)
+
+    def add(self, other: PipelineStats) -> None:
+        self.total += other.total
+        self.succeeded += other.succeeded
+        self.failed += other.failed
+        self.input_tokens += other.input_tokens
+        self.output_tokens += other.output_tokens
+        self.last_line = max(self.last_line, other.last_line)
+        for code, n in other.failures_by_code.items():
+            self.failures_by_code[code] = self.failures_by_code.get(code, 0) + n
+
+
+@dataclass(slots=True)
+class _SlotResult:
+    output: bytes
+    errors: bytes
+    stats: PipelineStats
+
+
+def _error_code(result: EngineResult) -> tuple[str, str]:
+    err = result.body.get("error") if isinstance(result.body, dict) else None
+    if isinstance(err, dict):
+        return str(err.get("code") or err.get("type") or "request_failed"), str(err.get("message") or "")
+    return "request_failed", f"the engine answered HTTP {result.status_code}"
+
+
+class Pipeline:
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        output: Sink,
+        errors: Sink,
+        id_prefix: str,
+        max_concurrency: int | None = None,
+        on_progress: Callable[[PipelineStats], None] | None = None,
+        should_stop: Callable[[], bool] | None = None,
+    ) -> None:
+        self.engine = engine
+        self.output = output
+        self.errors = errors
+        self.id_prefix = id_prefix
+        concurrency = max_concurrency or engine.max_concurrency
+        self.slot_size = engine.batch_size
+        self.slots_in_flight = max(1, math.ceil(concurrency / self.slot_size))
+        self.window_limit = 2 * self.slots_in_flight
+        self._sem = asyncio.Semaphore(self.slots_in_flight)
+        self.on_progress = on_progress
+        self.should_stop = should_stop
+        self.stats = PipelineStats()
+
+    def _line_id(self, number: int) -> str:
+        return f"batch_req_{self.id_prefix}{number:08d}"
+
+    async def _run_slot(self, items: Sequence[Item]) -> _SlotResult:
+        engine = self.engine
+        requests: list[EngineRequest] = []
+        for it in items:
+            if type(it) is ValidLine and it.url in engine.endpoints:
+                requests.append(EngineRequest(it.url, it.body, it.custom_id))
+        results: list[EngineResult] = []
+        if requests:
+            async with self._sem:
+                results = await engine.infer_many(requests)
+        out: list[bytes] = []
+        # One sink for both (FastDeploy-style): keep strict input order in one list.
+        err: list[bytes] = out if self.errors is self.output else []
+        stats = PipelineStats()
+        dumps = orjson.dumps
+        r = iter(results)
+        for it in items:
+            stats.total += 1
+            stats.last_line = it.number
+            line_id = self._line_id(it.number)
+            if type(it) is LineIssue:
+                err.append(dumps(error_line(line_id, it.custom_id, it.code, it.message, param=it.param,
+                                            line=it.number)))
+                stats.failed += 1
+                stats.failures_by_code[it.code] = stats.failures_by_code.get(it.code, 0) + 1
+                continue
+            if it.url not in engine.endpoints:
+                code = "unsupported_endpoint"
+                err.append(dumps(error_line(
+                    line_id, it.custom_id, code,
+                    f"line {it.number}: model {engine.model!r} does not serve {it.url} "
+                    f"(it serves {', '.join(sorted(engine.endpoints))})", param="url", line=it.number)))
+                stats.failed += 1
+                stats.failures_by_code[code] = stats.failures_by_code.get(code, 0) + 1
+                continue
+            res = next(r)
+            response = {"status_code": res.status_code, "request_id": res.request_id, "body": res.body}
+            if 200 <= res.status_code < 300:
+                inp, outp = usage_of(res.body)
+                stats.input_tokens += inp
+                stats.output_tokens += outp
+                stats.succeeded += 1
+                out.append(dumps(output_line(line_id, it.custom_id, res.status_code, res.request_id, res.body)))
+            else:
+                code, message = _error_code(res)
+                stats.failed += 1
+                stats.failures_by_code[code] = stats.failures_by_code.get(code, 0) + 1
+                err.append(dumps(error_line(line_id, it.custom_id, code, message, line=it.number,
+                                            response=response)))
+        return _SlotResult(
+            b"\n".join(out) + b"\n" if out else b"",
+            b"\n".join(err) + b"\n" if err and err is not out else b"",
+            stats,
+        )
+
+    async def _write(self, result: _SlotResult) -> None:
+        if result.output:
+            await self.output.write(result.output)
+        if result.errors:
+            await self.errors.write(result.errors)
+        self.stats.add(result.stats)
+        if self.on_progress is not None:
+            self.on_progress(self.stats)
+
+    async def run(self, items: Iterable[Item] | AsyncIterable[Item]) -> PipelineStats:
+        window: deque[asyncio.Task[_SlotResult]] = deque()
+        slot: list[Item] = []
+        try:
+            async for it in _aiter(items):
+                slot.append(it)
+                if len(slot) >= self.slot_size:
+                    await self._dispatch(window, slot)
+                    slot = []
+                    if self.should_stop is not None and self.should_stop():
+                        self.stats.stopped = True
+                        break
+            if slot and not self.stats.stopped:
+                await self._dispatch(window, slot)
+            while window:
+                await self._write(await window.popleft())
+        except BaseException:
+            for task in window:
+                task.cancel()
+            raise
+        return self.stats
+
+    async def _dispatch(self, window: deque[asyncio.Task[_SlotResult]], slot: list[Item]) -> None:
+        window.append(asyncio.ensure_future(self._run_slot(slot)))
+        while window and (len(window) >= self.window_limit or window[0].done()):
+            await self._write(await window.popleft())
+
+
+async def _aiter(items: Iterable[Item] | AsyncIterable[Item]):  # type: ignore[no-untyped-def]
+    if isinstance(items, AsyncIterable):
+        async for it in items:
+            yield it
+    else:
+        for it in items:
+            yield it
