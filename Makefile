@@ -10,7 +10,7 @@ export CMAKE_ARGS ?= -DGGML_NATIVE=OFF
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: install run test lint bench clean
+.PHONY: install run demo test lint bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,15 @@ install: $(STAMP)
 
 run: install
 	$(BIN)/offhours dev
+
+# The offline runner on the shipped examples: the test model, a real chat batch, a real embeddings batch.
+demo: install
+	@mkdir -p out
+	$(BIN)/offhours run-batch -i examples/chat-test.jsonl -o out/chat-test.output.jsonl --model batch-test-model
+	$(BIN)/offhours run-batch -i examples/chat-smollm2.jsonl -o out/chat-smollm2.output.jsonl --model smollm2-135m-instruct
+	$(BIN)/offhours run-batch -i examples/embeddings.jsonl -o out/embeddings.output.jsonl --model all-minilm-l6-v2
+	@echo; echo "outputs in out/:"; ls -l out/
+	@head -c 600 out/chat-smollm2.output.jsonl; echo
 
 test: install
 	$(BIN)/ruff check .

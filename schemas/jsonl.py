@@ -50,8 +50,9 @@ class LineSplitter:
         self._pending += len(part)
         if self._discarding:
             return
-        # +1 leaves room for a CR that _trim removes, so a CRLF line of exactly the limit passes.
-        if self._pending > self.max_line_bytes + 1:
+        # +1 leaves room for a CR that _trim removes, so a CRLF line of exactly the limit passes;
+        # +3 more on a file's first line for a BOM, which _trim removes too.
+        if self._pending > self.max_line_bytes + (4 if self._offset == 0 else 1):
             self._discarding = True
             self._parts.clear()
         else:
@@ -78,10 +79,27 @@ class LineSplitter:
 
     def feed(self, chunk: bytes) -> list[RawLine]:
         parts = chunk.split(b"\n")
-        out: list[RawLine] = []
-        for part in parts[:-1]:
-            self._append(part)
-            out.append(self._emit(True))
+        if len(parts) == 1:
+            self._append(chunk)
+            return []
+        self._append(parts[0])
+        out = [self._emit(True)]
+        if len(parts) > 2:
+            # Lines wholly inside this chunk: the hot path of every file read, so inlined.
+            # The first line of a file (the only one a BOM can start) always goes through _emit.
+            number, offset, limit = self._number, self._offset, self.max_line_bytes
+            append = out.append
+            for data in parts[1:-1]:
+                end = offset + len(data) + 1
+                if data and data[-1] == 13:  # CR of a CRLF ending
+                    data = data[:-1]
+                if len(data) > limit:
+                    append(RawLine(number, offset, end, b"", True))
+                else:
+                    append(RawLine(number, offset, end, data))
+                offset = end
+                number += 1
+            self._number, self._offset = number, offset
         self._append(parts[-1])
         return out
 
@@ -94,36 +112,24 @@ class LineSplitter:
 
 def iter_file_lines(
     f: BinaryIO, max_line_bytes: int = DEFAULT_MAX_LINE_BYTES, *, start: int = 0, end: int | None = None,
-    first_number: int = 1,
+    first_number: int = 1, block_size: int = 1 << 20,
 ) -> Iterator[RawLine]:
-    """Lines of a seekable binary file from `start` to `end` (exclusive), via C-level readline.
+    """Lines of a seekable binary file from `start` to `end` (exclusive).
 
-    `start` must be a line boundary. `end`, when given, is also a line boundary.
+    `start` must be a line boundary. `end`, when given, is also a line boundary. The file is
+    read in blocks through the same LineSplitter the stream readers use (a block split in C is
+    about three times faster than a readline per line), so both frame lines identically.
     """
-    f.seek(start)
-    offset = start
-    number = first_number
-    limit = max_line_bytes + 2  # content + CR + LF
-    readline = f.readline
-    while end is None or offset < end:
-        raw = readline(limit)
-        if not raw:
-            return
-        length = len(raw)
-        if raw[-1] != 10 and length == limit:
-            # Longer than the limit: skip the rest of it without keeping it.
-            while True:
-                more = readline(1 << 20)
-                length += len(more)
-                if not more or more[-1] == 10:
-                    break
-            yield RawLine(number, offset, offset + length, b"", True)
-        else:
-            data = raw[:-1] if raw[-1] == 10 else raw
-            data = _trim(data, offset)
-            if len(data) > max_line_bytes:
-                yield RawLine(number, offset, offset + length, b"", True)
-            else:
-                yield RawLine(number, offset, offset + length, data)
-        offset += length
-        number += 1
+    if start or f.seekable():  # a pipe (stdin, process substitution) is read from where it is
+        f.seek(start)
+    splitter = LineSplitter(max_line_bytes, start=start, first_number=first_number)
+    remaining = -1 if end is None else end - start
+    read = f.read
+    while remaining:
+        chunk = read(block_size if remaining < 0 else min(block_size, remaining))
+        if not chunk:
+            break
+        if remaining > 0:
+            remaining -= len(chunk)
+        yield from splitter.feed(chunk)
+    yield from splitter.finish()

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Annotated
 
-from pydantic import AliasChoices, Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
 class Settings(BaseSettings):
@@ -52,6 +53,8 @@ class Settings(BaseSettings):
     # --- models -----------------------------------------------------------------------
     models_file: Path | None = None
     llama_threads: int | None = None
+    # Bearer token for `upstream` models whose entry sets no `api_key` (a cloud API).
+    upstream_api_key: SecretStr | None = None
 
     # --- limits (DESIGN.md §2) --------------------------------------------------------
     max_file_bytes: int = 500 * 1024 * 1024
@@ -62,11 +65,100 @@ class Settings(BaseSettings):
     test_model_max_lines: int = 100
     test_model_max_running: int = 2
 
+    # --- files (services/files) -----------------------------------------------------------
+    # OpenAI's default: a `purpose=batch` upload without expires_after expires after 30 days
+    # (0 = never). Other purposes never expire unless the upload asks.
+    files_batch_default_expires_seconds: int = 30 * 24 * 3600
+    # How often each api process sweeps expired / deleted / abandoned files.
+    files_sweep_interval_seconds: float = 60.0
+    # An upload still `uploading` after this long belongs to a dead process and is reclaimed.
+    files_stale_upload_seconds: float = 6 * 3600
+
     # --- batches --------------------------------------------------------------------------
     # Tests only: a batch expires this many seconds after creation instead of after its window.
     batch_window_override_seconds: float | None = None
     # GET /v1/models lists a model while one of its workers heartbeated within this many seconds.
     worker_liveness_seconds: float = 30.0
+
+    # --- dispatcher (docs/architecture.md) ---------------------------------------------------
+    # Partitions of each `{prefix}.work.<model>` topic: the most workers of one model that can share work.
+    work_topic_partitions: int = 8
+    # Request lines per work chunk when the model's registry entry has no `chunk_lines`.
+    chunk_lines_default: int = 1000
+    # A chunk closes once it spans this many bytes, whatever its line count (one line may exceed it).
+    chunk_max_bytes: int = 16 * 1024 * 1024
+    # At most one `batch.progress` event (and request_counts update) per batch per interval.
+    progress_interval_seconds: float = 1.0
+    # How often the dispatcher looks for expired batches, timed-out cancels and stalled finalizes.
+    sweep_interval_seconds: float = 5.0
+    # A cancelling batch whose in-flight chunks have not drained after this long is finalized anyway.
+    cancel_timeout_seconds: float = 600.0
+    # A `finalizing` batch untouched this long is assumed orphaned by a dead dispatcher and resumed.
+    finalize_stale_seconds: float = 300.0
+    # Outbox events older than this are re-published (a writer died between its write and its send).
+    outbox_stale_seconds: float = 5.0
+    # Port of the dispatcher's /healthz and /metrics; 0: an ephemeral port (logged), so several
+    # dispatchers, or one beside `offhours dev --port N`, never collide. Deployments set a fixed one.
+    dispatcher_metrics_port: int = 0
+
+    # --- worker -----------------------------------------------------------------------------
+    worker_heartbeat_interval_seconds: float = 5.0
+    # 0: an ephemeral port (logged), so several workers can share a host without configuration.
+    worker_metrics_port: int = 0
+    # Requests in flight per chunk; None = the engine's own max_concurrency.
+    worker_concurrency: int | None = None
+    # Chunks a worker runs at once: the next chunk's requests fill the engine while one chunk's drain.
+    worker_chunks_in_flight: int = 2
+    # Kafka drops a consumer that does not come back for a record within this long: a chunk (worker) or
+    # a validation pass (dispatcher) must finish well inside it; chunk_lines keeps chunks short.
+    kafka_max_poll_interval_seconds: float = 1800.0
+    # Longest a consumer's fetch waits on the broker for new records (latency of every hop of a batch).
+    kafka_fetch_max_wait_ms: int = 100
+    # How quickly Kafka hands a dead (SIGKILLed) member's partitions to the others.
+    kafka_session_timeout_seconds: float = 10.0
+    # On SIGTERM the current chunk gets this long to finish before it is abandoned (uncommitted).
+    worker_shutdown_grace_seconds: float = 30.0
+
+    # --- notifier (issue 6; docs/webhooks.md) ------------------------------------------------
+    # Webhook URLs must resolve to public addresses only, unless an address or host is listed here:
+    # CIDRs ("127.0.0.1/32", "10.0.0.0/8") or host names ("hooks.internal"); comma-separated in the env.
+    webhook_allowlist: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    # Development only: allow every non-public address (loopback, private, link-local, CGNAT).
+    # Cloud metadata addresses stay refused unless the allowlist names them.
+    webhook_allow_private: bool = False
+    # AES-GCM key that encrypts webhook signing secrets at rest: base64 of 32 bytes
+    # (`python -c "import os,base64;print(base64.b64encode(os.urandom(32)).decode())"`). Unset: a key
+    # file in state_dir is created on first use — fine on one host; production must set this, the
+    # same value for the API and every notifier.
+    webhook_secret_key: SecretStr | None = None
+    # Old keys, still accepted for decryption after webhook_secret_key changed (comma-separated).
+    webhook_secret_previous_keys: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
+    # A delivery attempt is a success only if a 2xx arrives within this many seconds.
+    webhook_timeout_seconds: float = 10.0
+    # Failed deliveries are retried with exponential backoff and full jitter for this long, then dead.
+    webhook_retry_horizon_seconds: float = 24 * 3600.0
+    webhook_retry_base_seconds: float = 5.0
+    webhook_retry_max_delay_seconds: float = 3600.0
+    # At most this much of a receiver's response body is read (and kept, for the deliveries listing).
+    webhook_response_body_cap_bytes: int = 4096
+    # After a secret rotation the old secret keeps signing (beside the new one) this long.
+    webhook_secret_grace_seconds: float = 24 * 3600.0
+    # Deliveries in flight at once: overall, and per endpoint (a slow receiver holds only its own share).
+    webhook_max_concurrency: int = 256
+    webhook_max_concurrency_per_endpoint: int = 8
+    # Deliveries held in memory, per endpoint and overall; beyond that they wait in MongoDB for the scheduler.
+    webhook_max_queued_per_endpoint: int = 1000
+    webhook_max_queued: int = 10_000
+    # How often the notifier's scheduler looks for due retries.
+    webhook_poll_interval_seconds: float = 1.0
+    notifier_metrics_port: int = 8002
+
+    @field_validator("webhook_allowlist", "webhook_secret_previous_keys", mode="before")
+    @classmethod
+    def _comma_list(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [item.strip() for item in value.split(",") if item.strip()]
+        return value
 
     log_level: str = "INFO"
     log_json: bool = True

@@ -13,8 +13,15 @@ from collections.abc import Sequence
 
 # Imported lazily so `offhours --help` does not pay for torch or llama.cpp.
 COMMANDS: tuple[str, ...] = (
+    "services.cli.dev_command",
     "services.cli.run_batch_command",
     "services.cli.infra_command",
+    "services.cli.models_command",
+    "services.cli.api_command",
+    "services.cli.keys_command",
+    "services.cli.dispatcher_command",
+    "services.cli.worker_command",
+    "services.cli.notifier_command",
 )
 
 

@@ -10,7 +10,9 @@ import importlib
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
+
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from services.worker.engines.base import Engine
 
@@ -19,13 +21,45 @@ DEFAULT_MODELS_FILE = Path(__file__).resolve().parent.parent / "models.toml"
 # engine kind -> "module:Class"
 ENGINE_KINDS: dict[str, str] = {
     "test": "services.worker.engines.test_model:TestEngine",
+    "llama-cpp": "services.worker.engines.llama_cpp:LlamaCppEngine",
+    "embeddings": "services.worker.engines.embeddings:EmbeddingsEngine",
+    "upstream": "services.worker.engines.upstream:UpstreamEngine",
 }
 
-_RESERVED = {"engine", "endpoints", "description", "test_limits"}
+# chunk_lines: request lines per work chunk, read by the dispatcher (docs/architecture.md), not the engine.
+_RESERVED = {"engine", "endpoints", "description", "test_limits", "chunk_lines"}
 
 
 class RegistryError(ValueError):
     pass
+
+
+class EngineOptions(BaseModel):
+    """Base of each engine's typed options (the non-reserved keys of its models.toml table).
+
+    Unknown keys are an error rather than ignored: a misspelt `n_thread = 2` must not
+    silently run with the default.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    endpoints: list[str] | None = None
+    batch_size: int = 1
+    max_concurrency: int = 1
+
+    @classmethod
+    def parse(cls, model: str, options: dict[str, Any]) -> Self:
+        try:
+            return cls.model_validate(options)
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in e['loc']) or '(options)'}: {e['msg']}" for e in exc.errors()
+            )
+            raise RegistryError(f"model {model!r}: invalid engine options: {problems}") from None
+
+    def engine_kwargs(self) -> dict[str, Any]:
+        return {"endpoints": self.endpoints, "batch_size": self.batch_size,
+                "max_concurrency": self.max_concurrency}
 
 
 @dataclass(frozen=True)
@@ -35,6 +69,7 @@ class ModelSpec:
     endpoints: tuple[str, ...] | None = None
     description: str = ""
     test_limits: bool = False
+    chunk_lines: int | None = None
     options: dict[str, Any] = field(default_factory=dict)
 
     def create_engine(self, **overrides: Any) -> Engine:
@@ -72,9 +107,18 @@ def load_registry(path: Path | None = None) -> dict[str, ModelSpec]:
             endpoints=tuple(endpoints) if endpoints else None,
             description=str(table.get("description", "")),
             test_limits=bool(table.get("test_limits", False)),
+            chunk_lines=_chunk_lines(name, table.get("chunk_lines")),
             options={k: v for k, v in table.items() if k not in _RESERVED},
         )
     return specs
+
+
+def _chunk_lines(model: str, value: Any) -> int | None:
+    if value is None:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise RegistryError(f"model {model!r}: chunk_lines must be a positive integer, got {value!r}")
+    return value
 
 
 def get_model(name: str, path: Path | None = None) -> ModelSpec:

@@ -1,0 +1,196 @@
+"""Requests of the Batches API: the body of `POST /v1/batches` and the query of `GET /v1/batches`.
+
+Limits are DESIGN.md §2's. Each check raises a `PydanticCustomError` whose type is the error
+`code` the API answers with; the field's location becomes the error's `param`.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic_core import PydanticCustomError
+
+from schemas.inference import SUPPORTED_ENDPOINTS
+from schemas.openai_objects import BatchStatus
+
+BATCH_STATUSES: tuple[str, ...] = BatchStatus.__args__  # type: ignore[attr-defined]
+
+MIN_WINDOW_HOURS = 24
+MAX_WINDOW_HOURS = 336
+METADATA_MAX_PAIRS = 16
+METADATA_MAX_KEY = 64
+METADATA_MAX_VALUE = 512
+# Bailian's extensions, carried in metadata, with their own (tighter) limits.
+METADATA_FIELD_LIMITS: dict[str, int] = {"ds_name": 100, "ds_description": 200}
+MAX_INPUT_REF = 2048
+LIST_MAX_LIMIT = 100
+LIST_DEFAULT_LIMIT = 20
+LIST_MAX_FILE_IDS = 20
+CREATE_TIME_FORMAT = "%Y%m%d%H%M%S"
+
+# The `code` of each error these validators raise (the API answers with it).
+VALIDATION_CODES: frozenset[str] = frozenset(
+    {"invalid_value", "metadata_too_many_pairs", "metadata_key_too_long", "metadata_value_too_long"}
+)
+
+_WINDOW = re.compile(r"([1-9][0-9]{0,5})([hd])")
+_CREATE_TIME = re.compile(r"[0-9]{14}")
+
+
+def parse_completion_window(value: str) -> int:
+    """`24h` … `336h`, or the same span in days (`1d` … `14d`) -> hours. ValueError otherwise."""
+    m = _WINDOW.fullmatch(value)
+    if m is None:
+        raise ValueError(f"completion_window must be an integer followed by 'h' or 'd' (e.g. '24h'), got {value!r}")
+    hours = int(m.group(1)) * (24 if m.group(2) == "d" else 1)
+    if not MIN_WINDOW_HOURS <= hours <= MAX_WINDOW_HOURS:
+        raise ValueError(
+            f"completion_window must be between {MIN_WINDOW_HOURS}h and {MAX_WINDOW_HOURS}h (14d), got {value!r}"
+        )
+    return hours
+
+
+def parse_create_time(value: str) -> int:
+    """`yyyyMMddHHmmss` (UTC) -> epoch seconds. ValueError otherwise."""
+    if not _CREATE_TIME.fullmatch(value):
+        raise ValueError(f"expected yyyyMMddHHmmss (14 digits, UTC), got {value!r}")
+    try:
+        return int(datetime.strptime(value, CREATE_TIME_FORMAT).replace(tzinfo=UTC).timestamp())
+    except ValueError as exc:
+        raise ValueError(f"{value!r} is not a valid date and time: {exc}") from None
+
+
+def is_url_input(value: str) -> bool:
+    """True when `input_file_id` is an http(s) URL rather than a file id."""
+    parts = urlsplit(value)
+    return parts.scheme in ("http", "https") and bool(parts.netloc)
+
+
+def _invalid(code: str, message: str) -> PydanticCustomError:
+    # No context: the message is final (user text in it must not be read as a template).
+    return PydanticCustomError(code, message)
+
+
+class CreateBatchRequest(BaseModel):
+    """`POST /v1/batches`. Unknown fields (newer SDK options) are ignored, as OpenAI does."""
+
+    model_config = ConfigDict(extra="ignore", strict=True)
+
+    input_file_id: str = Field(
+        min_length=1, max_length=MAX_INPUT_REF,
+        description="A file uploaded with purpose `batch`, or an http(s) URL of a JSONL file.",
+    )
+    endpoint: str = Field(description="The endpoint every request line calls: " + ", ".join(sorted(SUPPORTED_ENDPOINTS)))
+    completion_window: str = Field(description="`24h` to `336h`, an integer with unit `h` or `d` (`1d` … `14d`).")
+    metadata: dict[str, str] | None = Field(
+        None,
+        description="At most 16 pairs; keys up to 64 characters, values up to 512. `ds_name` (up to 100) and "
+        "`ds_description` (up to 200) name and describe the batch; `GET /v1/batches?ds_name=` filters on it.",
+    )
+
+    @field_validator("input_file_id")
+    @classmethod
+    def _input(cls, value: str) -> str:
+        if value.split(":", 1)[0].lower() in ("http", "https") and not is_url_input(value):
+            raise _invalid("invalid_value", f"input_file_id looks like a URL but has no host: {value!r}")
+        return value
+
+    @field_validator("endpoint")
+    @classmethod
+    def _endpoint(cls, value: str) -> str:
+        if value not in SUPPORTED_ENDPOINTS:
+            allowed = ", ".join(sorted(SUPPORTED_ENDPOINTS))
+            raise _invalid("invalid_value", f"endpoint must be one of {allowed}, got {value!r}")
+        return value
+
+    @field_validator("completion_window")
+    @classmethod
+    def _window(cls, value: str) -> str:
+        try:
+            parse_completion_window(value)
+        except ValueError as exc:
+            raise _invalid("invalid_value", str(exc)) from None
+        return value
+
+    @field_validator("metadata")
+    @classmethod
+    def _metadata(cls, value: dict[str, str] | None) -> dict[str, str] | None:
+        if value is None:
+            return None
+        if len(value) > METADATA_MAX_PAIRS:
+            raise _invalid("metadata_too_many_pairs",
+                           f"metadata may have at most {METADATA_MAX_PAIRS} key-value pairs, got {len(value)}")
+        for key, item in value.items():
+            if key.startswith("$"):
+                # MongoDB stores batch documents; it reserves "$"-prefixed names for operators.
+                raise _invalid("invalid_value", f"metadata key {key[:80]!r} must not start with '$'")
+            if len(key) > METADATA_MAX_KEY:
+                raise _invalid("metadata_key_too_long",
+                               f"metadata key {key[:80]!r} is longer than {METADATA_MAX_KEY} characters")
+            limit = METADATA_FIELD_LIMITS.get(key, METADATA_MAX_VALUE)
+            if len(item) > limit:
+                raise _invalid("metadata_value_too_long",
+                               f"metadata value of {key!r} is longer than {limit} characters ({len(item)})")
+        return value
+
+    @property
+    def window_hours(self) -> int:
+        return parse_completion_window(self.completion_window)
+
+    @property
+    def is_url(self) -> bool:
+        return is_url_input(self.input_file_id)
+
+
+def _comma_list(value: Any) -> Any:
+    if isinstance(value, str):
+        return [item.strip() for item in value.split(",") if item.strip()]
+    return value
+
+
+class BatchListQuery(BaseModel):
+    """`GET /v1/batches` query: OpenAI's `after`/`limit` plus the Bailian filters.
+
+    `create_after` / `create_before` become epoch seconds: `create_after <= created_at < create_before`.
+    """
+
+    model_config = ConfigDict(extra="ignore")
+
+    after: str | None = Field(None, min_length=1, max_length=MAX_INPUT_REF,
+                              description="A cursor: the `last_id` of the previous page.")
+    limit: int = Field(LIST_DEFAULT_LIMIT, ge=1, le=LIST_MAX_LIMIT, description="How many batches, 1 to 100.")
+    ds_name: str | None = Field(None, max_length=METADATA_FIELD_LIMITS["ds_name"],
+                                description="Only batches whose `metadata.ds_name` contains this text.")
+    input_file_ids: list[str] | None = Field(None, max_length=LIST_MAX_FILE_IDS,
+                                             description="Comma-separated input file ids (or URLs), at most 20.")
+    status: list[str] | None = Field(None, description="Comma-separated statuses.")
+    create_after: int | None = Field(None, description="`yyyyMMddHHmmss` (UTC): created at or after.")
+    create_before: int | None = Field(None, description="`yyyyMMddHHmmss` (UTC): created before.")
+
+    @field_validator("input_file_ids", "status", mode="before")
+    @classmethod
+    def _split(cls, value: Any) -> Any:
+        return _comma_list(value)
+
+    @field_validator("status")
+    @classmethod
+    def _statuses(cls, value: list[str] | None) -> list[str] | None:
+        for status in value or ():
+            if status not in BATCH_STATUSES:
+                raise _invalid("invalid_value",
+                               f"unknown status {status!r}; expected any of {', '.join(BATCH_STATUSES)}")
+        return value
+
+    @field_validator("create_after", "create_before", mode="before")
+    @classmethod
+    def _time(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            try:
+                return parse_create_time(value)
+            except ValueError as exc:
+                raise _invalid("invalid_value", str(exc)) from None
+        return value

@@ -1,0 +1,1 @@
+"""The `api` process: every public HTTP API on one port (`offhours api`)."""

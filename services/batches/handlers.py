@@ -1,0 +1,241 @@
+"""The Batches API handlers: `/v1/batches` create, list, retrieve, cancel.
+
+The API only writes state and publishes events; the dispatcher validates and runs batches.
+Every write that changes a status is followed at once by `publish_outbox` (docs/architecture.md).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, TypeVar
+
+import orjson
+from aiohttp import web
+from pydantic import BaseModel, ValidationError
+
+from schemas.batch_api import VALIDATION_CODES, BatchListQuery, CreateBatchRequest
+from schemas.inference import CHAT_DS_TEST
+from schemas.openai_objects import TERMINAL_STATUSES, Batch, BatchList
+from services.batches.context import BATCHES_KEY, BatchesContext
+from services.batches.peek import first_line, model_of_line
+from services.batches.store import CursorNotFound, Doc, new_batch_document, new_batch_id, to_api
+from services.http.auth import project_of
+from services.http.errors import APIError, invalid_request, not_found
+from services.http.openapi import operation
+from services.http.pagination import page_body
+from services.http.params import validation_error
+from services.stores.s3 import ObjectNotFound
+
+log = logging.getLogger(__name__)
+
+M = TypeVar("M", bound=BaseModel)
+TAGS = ("batches",)
+_BATCH_ID = {"batch_id": "The batch's id (`batch_…`)."}
+CANCELLABLE = ("validating", "in_progress")
+
+
+def _parse(model: type[M], data: dict[str, Any]) -> M:
+    """`model` from `data`, or a 400 naming the parameter; our validators' own codes are kept."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        error = validation_error(exc)
+        first = exc.errors(include_url=False)[0]
+        if first["type"] in VALIDATION_CODES:
+            error.code = first["type"]
+        raise error from None
+
+
+async def _json_object(request: web.Request) -> dict[str, Any]:
+    raw = await request.read()
+    if not raw.strip():
+        raise invalid_request("The request body is empty; a JSON object is expected.", code="invalid_json")
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise invalid_request(f"We could not parse the JSON body of your request: {exc}.", code="invalid_json") from None
+    if not isinstance(data, dict):
+        raise invalid_request("The request body must be a JSON object.", code="invalid_json")
+    return data
+
+
+def _batch_missing(batch_id: str) -> APIError:
+    return not_found(f"No batch found with id '{batch_id}'.", param="batch_id", code="batch_not_found")
+
+
+def _expires_in(ctx: BatchesContext, req: CreateBatchRequest) -> float:
+    override = ctx.settings.batch_window_override_seconds
+    return override if override is not None else req.window_hours * 3600.0
+
+
+async def _input_of(
+    ctx: BatchesContext, project: str, req: CreateBatchRequest, batch_id: str
+) -> tuple[dict[str, Any], str | None]:
+    """The stored `input` reference and the model its first line names (None: not known yet).
+
+    The input file is pinned for the batch, so deleting or expiring it while the batch runs
+    hides it from the API but keeps its bytes until the batch is terminal (the dispatcher unpins).
+    """
+    if req.is_url:
+        # The dispatcher copies the URL into S3 during validation; the model is known then.
+        return {"kind": "url", "url": req.input_file_id}, None
+    record = await ctx.files.pin(project, req.input_file_id, batch_id)
+    if record is None:
+        raise not_found(f"No such File object: {req.input_file_id}", param="input_file_id", code="file_not_found")
+    if record.purpose != "batch":
+        raise invalid_request(
+            f"File {record.id} has purpose '{record.purpose}'; a batch needs a file uploaded with purpose 'batch'.",
+            param="input_file_id", code="invalid_file_purpose",
+        )
+    if record.bytes > ctx.settings.max_file_bytes:
+        raise invalid_request(
+            f"File {record.id} is {record.bytes} bytes; the limit is {ctx.settings.max_file_bytes} bytes.",
+            param="input_file_id", code="file_too_large",
+        )
+    try:
+        line = await first_line(ctx.objects, record.key, max_bytes=ctx.settings.max_line_bytes + 1)
+    except ObjectNotFound:
+        # Visible but its bytes are gone: it is being deleted right now.
+        raise not_found(f"No such File object: {record.id}", param="input_file_id", code="file_not_found") from None
+    return {"kind": "file", "key": record.key, "bytes": record.bytes}, model_of_line(line)
+
+
+async def create_batch(ctx: BatchesContext, project: str, req: CreateBatchRequest) -> Doc:
+    """Check, insert in `validating` with its `batch.created` event, publish; the new document."""
+    batch_id = new_batch_id()
+    try:
+        return await _create_pinned(ctx, project, req, batch_id)
+    except Exception:
+        if not req.is_url:
+            await ctx.files.unpin(req.input_file_id, batch_id)
+        raise
+
+
+async def _create_pinned(ctx: BatchesContext, project: str, req: CreateBatchRequest, batch_id: str) -> Doc:
+    input_ref, model = await _input_of(ctx, project, req, batch_id)
+    limited = ctx.limited_models
+    if req.endpoint == CHAT_DS_TEST and limited.ds_test_model is not None:
+        # Only one model serves the test endpoint; lines naming another fail validation as mismatched.
+        model = limited.ds_test_model
+    is_limited = model in limited.names
+    if is_limited and input_ref.get("bytes", 0) > ctx.settings.test_model_max_file_bytes:
+        raise invalid_request(
+            f"A {model} batch takes a file of at most {ctx.settings.test_model_max_file_bytes} bytes; "
+            f"{req.input_file_id} has {input_ref['bytes']}.",
+            param="input_file_id", code="file_too_large",
+        )
+    doc = new_batch_document(
+        project=project,
+        endpoint=req.endpoint,
+        input_file_id=req.input_file_id,
+        input=input_ref,
+        completion_window=req.completion_window,
+        expires_in_s=_expires_in(ctx, req),
+        metadata=req.metadata,
+        model=model,
+        batch_id=batch_id,
+    )
+    await ctx.store.insert(doc)
+    if is_limited and model is not None:
+        # Counted after the insert, so two concurrent creates cannot both slip under the limit
+        # (at worst both are refused); the refused batch is removed before its event is sent.
+        running = await ctx.store.count_running(project, model)
+        if running > ctx.settings.test_model_max_running:
+            await ctx.store.delete(doc["_id"])
+            raise APIError(
+                429,
+                f"At most {ctx.settings.test_model_max_running} {model} batches may run at once per project; "
+                "wait for one to finish.",
+                code="too_many_running_batches",
+            )
+    await ctx.publisher.publish_outbox(doc)
+    log.info("batch %s created (project %s, endpoint %s, model %s)", doc["_id"], project, req.endpoint, model)
+    return doc
+
+
+@operation(
+    "Create a batch",
+    body=CreateBatchRequest,
+    responses={200: Batch},
+    tags=TAGS,
+    description=(
+        "`input_file_id`: a file with purpose `batch`, or an http(s) URL of a JSONL file. "
+        "`completion_window`: `24h` to `336h`, in `h` or `d`. `metadata`: at most 16 pairs, keys up to 64 "
+        "and values up to 512 characters (`ds_name` 100, `ds_description` 200). The batch starts in "
+        "`validating`; the dispatcher checks every line."
+    ),
+)
+async def create_batch_handler(request: web.Request) -> web.Response:
+    req = _parse(CreateBatchRequest, await _json_object(request))
+    doc = await create_batch(request.app[BATCHES_KEY], project_of(request), req)
+    return web.json_response(to_api(doc))
+
+
+@operation("List batches", query=BatchListQuery, responses={200: BatchList}, tags=TAGS,
+           description="Newest first. Filters: `ds_name` (substring of `metadata.ds_name`), `input_file_ids` "
+                       "(comma list, up to 20), `status` (comma list), `create_after` / `create_before` "
+                       "(`yyyyMMddHHmmss`, UTC; `create_after <= created_at < create_before`).")
+async def list_batches(request: web.Request) -> web.Response:
+    query = _parse(BatchListQuery, dict(request.query.items()))
+    ctx = request.app[BATCHES_KEY]
+    try:
+        docs, has_more = await ctx.store.list(
+            project_of(request),
+            after=query.after,
+            limit=query.limit,
+            statuses=query.status,
+            ds_name=query.ds_name,
+            input_file_ids=query.input_file_ids,
+            create_after=query.create_after,
+            create_before=query.create_before,
+        )
+    except CursorNotFound:
+        raise invalid_request(f"Invalid value for 'after': no batch with id '{query.after}'.",
+                              param="after", code="invalid_value") from None
+    return web.json_response(page_body([to_api(d) for d in docs], has_more=has_more))
+
+
+@operation("Retrieve a batch", responses={200: Batch}, tags=TAGS, path_params=_BATCH_ID)
+async def retrieve_batch(request: web.Request) -> web.Response:
+    batch_id = request.match_info["batch_id"]
+    doc = await request.app[BATCHES_KEY].store.get(batch_id, project_of(request))
+    if doc is None:
+        raise _batch_missing(batch_id)
+    return web.json_response(to_api(doc))
+
+
+async def cancel_batch(ctx: BatchesContext, project: str, batch_id: str) -> Doc:
+    """CAS `validating|in_progress -> cancelling`; an already cancelling batch is returned as it is."""
+    doc = await ctx.store.get(batch_id, project)
+    if doc is None:
+        raise _batch_missing(batch_id)
+    if doc["status"] in CANCELLABLE:
+        new = await ctx.store.transition(batch_id, CANCELLABLE, "cancelling")
+        if new is not None:
+            await ctx.publisher.publish_outbox(new)
+            log.info("batch %s cancelling", batch_id)
+            return new
+        # Lost the race to the dispatcher (or another cancel): judge the status it has now.
+        doc = await ctx.store.get(batch_id, project)
+        if doc is None:
+            raise _batch_missing(batch_id)
+    if doc["status"] in ("cancelling", "cancelled"):
+        return doc
+    status = doc["status"]
+    why = "it has already ended" if status in TERMINAL_STATUSES else "its output is being written"
+    raise invalid_request(f"Cannot cancel a batch with status '{status}': {why}.", code="batch_not_cancellable")
+
+
+@operation("Cancel a batch", responses={200: Batch}, tags=TAGS, path_params=_BATCH_ID,
+           description="`validating` or `in_progress` -> `cancelling`; the dispatcher drains in-flight work and "
+                       "ends the batch `cancelled` with partial output. Cancelling a `cancelling` batch is a no-op.")
+async def cancel_batch_handler(request: web.Request) -> web.Response:
+    doc = await cancel_batch(request.app[BATCHES_KEY], project_of(request), request.match_info["batch_id"])
+    return web.json_response(to_api(doc))
+
+
+def add_batch_routes(app: web.Application) -> None:
+    app.router.add_post("/v1/batches", create_batch_handler)
+    app.router.add_get("/v1/batches", list_batches, allow_head=False)
+    app.router.add_get("/v1/batches/{batch_id}", retrieve_batch, allow_head=False)
+    app.router.add_post("/v1/batches/{batch_id}/cancel", cancel_batch_handler)

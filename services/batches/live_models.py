@@ -1,0 +1,39 @@
+"""Which models can run right now: the ones with a worker that heartbeated recently.
+
+Workers upsert one document each into the `workers` collection:
+`{_id: worker_id, model, endpoints: [...], last_seen: <epoch float>, host, pid}`.
+`GET /v1/models` lists what this module finds, and the dispatcher fails a batch whose model
+has no live worker ("the model must be served").
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, TypedDict
+
+from pymongo.asynchronous.database import AsyncDatabase
+
+WORKERS_COLLECTION = "workers"
+DEFAULT_LIVENESS_SECONDS = 30.0
+
+
+class LiveModel(TypedDict):
+    endpoints: list[str]
+    workers: int
+
+
+async def live_models(
+    db: AsyncDatabase[Any], liveness_seconds: float = DEFAULT_LIVENESS_SECONDS, now: float | None = None
+) -> dict[str, LiveModel]:
+    """model -> {endpoints (union over its live workers, sorted), workers (how many are live)}."""
+    cutoff = (time.time() if now is None else now) - liveness_seconds
+    models: dict[str, tuple[set[str], int]] = {}
+    cursor = db[WORKERS_COLLECTION].find({"last_seen": {"$gte": cutoff}}, {"model": 1, "endpoints": 1})
+    async for worker in cursor:
+        model = worker.get("model")
+        if not isinstance(model, str) or not model:
+            continue
+        endpoints, count = models.get(model, (set(), 0))
+        endpoints.update(e for e in worker.get("endpoints") or () if isinstance(e, str))
+        models[model] = (endpoints, count + 1)
+    return {name: {"endpoints": sorted(eps), "workers": n} for name, (eps, n) in sorted(models.items())}

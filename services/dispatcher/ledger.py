@@ -1,0 +1,147 @@
+"""The chunk ledger: one MongoDB document per `(batch, chunk)` in `batch_chunks`.
+
+It is what makes at-least-once delivery safe (docs/architecture.md): a chunk leaves `pending`
+exactly once, by compare-and-set, and only the attempt that won that CAS is ever read back into
+the output files. A redelivered or late result loses the CAS and changes nothing.
+
+    _id: "<batch_id>:<index>"   batch_id, index, start, end, first_line, line_count
+    status: pending -> done | skipped | abandoned
+    attempt, output_key, error_key, succeeded, failed, input_tokens, output_tokens, worker (once done)
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from pymongo import ASCENDING, IndexModel, UpdateOne
+from pymongo.asynchronous.collection import AsyncCollection
+from pymongo.asynchronous.database import AsyncDatabase
+
+from schemas.work import WorkResult, chunk_id
+
+CHUNKS_COLLECTION = "batch_chunks"
+PENDING = "pending"
+FINISHED_STATUSES = ("done", "skipped", "abandoned")
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkPlan:
+    """One byte range of the input, as the validation pass cut it."""
+
+    index: int
+    start: int
+    end: int
+    first_line: int
+    line_count: int
+
+
+@dataclass(slots=True)
+class LedgerSummary:
+    chunks: int = 0
+    pending: int = 0
+    finished: int = 0  # done + skipped + abandoned
+    total_lines: int = 0
+    succeeded: int = 0
+    failed: int = 0
+    unfinished_lines: int = 0  # lines of skipped/abandoned chunks: they never ran
+    input_tokens: int = 0
+    output_tokens: int = 0
+
+
+class ChunkLedger:
+    def __init__(self, db: AsyncDatabase[Any]) -> None:
+        self.collection: AsyncCollection[Any] = db[CHUNKS_COLLECTION]
+
+    async def ensure_indexes(self) -> None:
+        await self.collection.create_indexes([
+            IndexModel([("batch_id", ASCENDING), ("index", ASCENDING)]),
+            IndexModel([("batch_id", ASCENDING), ("status", ASCENDING)]),
+        ])
+
+    async def upsert(self, batch_id: str, chunks: Sequence[ChunkPlan]) -> None:
+        """Create the chunks as `pending`; an existing chunk (a re-run of the same pass) is left as it is."""
+        if not chunks:
+            return
+        now = time.time()
+        ops = [
+            UpdateOne(
+                {"_id": chunk_id(batch_id, c.index)},
+                {"$setOnInsert": {
+                    "batch_id": batch_id, "index": c.index, "start": c.start, "end": c.end,
+                    "first_line": c.first_line, "line_count": c.line_count, "status": PENDING,
+                    "created_at": now,
+                }},
+                upsert=True,
+            )
+            for c in chunks
+        ]
+        await self.collection.bulk_write(ops, ordered=False)
+
+    async def get(self, batch_id: str, index: int) -> dict[str, Any] | None:
+        return await self.collection.find_one({"_id": chunk_id(batch_id, index)})
+
+    async def chunks(self, batch_id: str, status: str | None = None) -> list[dict[str, Any]]:
+        """The batch's chunks in input order (optionally only those in `status`)."""
+        query: dict[str, Any] = {"batch_id": batch_id}
+        if status is not None:
+            query["status"] = status
+        return await self.collection.find(query).sort("index", ASCENDING).to_list(None)
+
+    async def count_pending(self, batch_id: str) -> int:
+        return await self.collection.count_documents({"batch_id": batch_id, "status": PENDING})
+
+    async def record(self, result: WorkResult) -> bool:
+        """CAS the chunk `pending -> done|skipped` with this attempt's keys and counts; True if it won."""
+        fields: dict[str, Any] = {"status": result.outcome, "attempt": result.attempt, "worker": result.worker,
+                                  "finished_at": time.time()}
+        if result.outcome == "done":
+            fields.update(
+                output_key=result.output_key, error_key=result.error_key, succeeded=result.succeeded,
+                failed=result.failed, input_tokens=result.input_tokens, output_tokens=result.output_tokens,
+            )
+        res = await self.collection.update_one(
+            {"_id": chunk_id(result.batch_id, result.chunk), "status": PENDING}, {"$set": fields}
+        )
+        return res.modified_count == 1
+
+    async def abandon_pending(self, batch_id: str) -> int:
+        """Close every still-pending chunk (expiry, cancel): a result arriving later loses its CAS."""
+        res = await self.collection.update_many(
+            {"batch_id": batch_id, "status": PENDING}, {"$set": {"status": "abandoned", "finished_at": time.time()}}
+        )
+        return res.modified_count
+
+    async def summary(self, batch_id: str) -> LedgerSummary:
+        docs = await self.collection.find(
+            {"batch_id": batch_id},
+            {"status": 1, "line_count": 1, "succeeded": 1, "failed": 1, "input_tokens": 1, "output_tokens": 1},
+        ).to_list(None)
+        return summarize(docs)
+
+    async def delete_batch(self, batch_id: str) -> int:
+        res = await self.collection.delete_many({"batch_id": batch_id})
+        return res.deleted_count
+
+
+def summarize(docs: Sequence[dict[str, Any]]) -> LedgerSummary:
+    s = LedgerSummary()
+    for d in docs:
+        s.chunks += 1
+        lines = int(d.get("line_count") or 0)
+        s.total_lines += lines
+        status = d.get("status")
+        if status == PENDING:
+            s.pending += 1
+            continue
+        s.finished += 1
+        if status == "done":
+            s.succeeded += int(d.get("succeeded") or 0)
+            s.failed += int(d.get("failed") or 0)
+            s.input_tokens += int(d.get("input_tokens") or 0)
+            s.output_tokens += int(d.get("output_tokens") or 0)
+        else:
+            s.unfinished_lines += lines
+    return s

@@ -1,0 +1,1 @@
+"""The Files API: `/v1/files` upload (streamed to S3), list, retrieve, delete, content (docs/api.md)."""

@@ -1,0 +1,71 @@
+"""Turning query strings, form fields and JSON bodies into pydantic models, or into a located 400.
+
+Every handler parses its input through these, so a bad value always answers the same way:
+400, `invalid_request_error`, `param` = the offending parameter's wire name.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, TypeVar
+
+import orjson
+from aiohttp import web
+from pydantic import BaseModel, ValidationError
+
+from services.http.errors import APIError, invalid_request
+
+M = TypeVar("M", bound=BaseModel)
+
+MISSING_PARAMETER = "missing_required_parameter"
+INVALID_VALUE = "invalid_value"
+
+
+def _param_name(loc: tuple[int | str, ...]) -> str | None:
+    name = ""
+    for part in loc:
+        name += f"[{part}]" if isinstance(part, int) else (f".{part}" if name else str(part))
+    return name or None
+
+
+def validation_error(exc: ValidationError, *, default_param: str | None = None) -> APIError:
+    """The first error of `exc` as a 400 naming its parameter (the others would follow from a fix)."""
+    err = exc.errors(include_url=False)[0]
+    param = _param_name(tuple(err["loc"])) or default_param
+    where = f"'{param}'" if param else "the request"
+    if err["type"] == "missing":
+        return invalid_request(f"Missing required parameter: {where}.", param=param, code=MISSING_PARAMETER)
+    message = str(err["msg"])
+    if message.startswith("Value error, "):
+        message = message[len("Value error, ") :]
+    value = err.get("input")
+    shown = f" (got {value!r})" if isinstance(value, str | int | float) and len(repr(value)) <= 100 else ""
+    return invalid_request(f"Invalid value for {where}: {message}{shown}.", param=param, code=INVALID_VALUE)
+
+
+def parse_fields(model: type[M], fields: Mapping[str, Any], *, default_param: str | None = None) -> M:
+    try:
+        return model.model_validate(dict(fields))
+    except ValidationError as exc:
+        raise validation_error(exc, default_param=default_param) from None
+
+
+def parse_query(request: web.Request, model: type[M]) -> M:
+    # A repeated key keeps its last value, as most frameworks do.
+    return parse_fields(model, dict(request.query.items()))
+
+
+async def read_json(request: web.Request, model: type[M]) -> M:
+    """The JSON body validated as `model`. Bodies are bounded by the app's client_max_size (413)."""
+    raw = await request.read()
+    if not raw.strip():
+        raise invalid_request("The request body is empty; a JSON object is expected.", code="invalid_json")
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise invalid_request(
+            f"We could not parse the JSON body of your request: {exc}.", code="invalid_json"
+        ) from None
+    if not isinstance(data, dict):
+        raise invalid_request("The request body must be a JSON object.", code="invalid_json")
+    return parse_fields(model, data)

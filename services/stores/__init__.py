@@ -1,0 +1,1 @@
+"""Store adapters shared by every service: S3 objects (s3.py) and MongoDB (mongo.py)."""

@@ -1,0 +1,24 @@
+"""The worker's `/healthz` and `/metrics`: MongoDB, S3, and a heartbeat written recently."""
+
+from __future__ import annotations
+
+import time
+
+from aiohttp import web
+
+from services.dispatcher.app import create_ops_app
+from services.stores.s3 import ObjectStore
+from services.worker.heartbeat import Heartbeat
+
+
+def create_worker_app(heartbeat: Heartbeat, store: ObjectStore) -> web.Application:
+    async def heartbeat_fresh() -> None:
+        # Three missed beats: /v1/models is about to drop this worker; say so before it does.
+        if heartbeat.last_ok is None or time.monotonic() - heartbeat.last_ok > 3 * heartbeat.interval_s:
+            raise RuntimeError("no successful heartbeat recently")
+
+    return create_ops_app({
+        "mongo": lambda: heartbeat.collection.database.command("ping"),
+        "s3": lambda: store.client.head_bucket(Bucket=store.bucket),
+        "heartbeat": heartbeat_fresh,
+    })

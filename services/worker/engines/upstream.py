@@ -1,0 +1,239 @@
+"""`upstream`: each request goes to an OpenAI-compatible server over HTTP.
+
+Any server that speaks the OpenAI API works: FastDeploy's api_server, vLLM, SGLang,
+`llama_cpp.server`, or a cloud API (`api_key`). The engine either points at a running server
+(`base_url`) or manages one itself (`[models.NAME.server]`, see managed_server.py).
+
+Failure handling, per request:
+- 429, 408, 5xx and connection errors/timeouts are retried with exponential backoff and full
+  jitter, honouring `Retry-After`; a managed server that is restarting is waited for.
+- Once the retries are spent, an overloaded or unreachable server (429, 408, 502, 503, 504,
+  connection errors, timeouts) raises `EngineUnavailable`: the request is not at fault, and the
+  worker leaves its chunk to be redelivered. A server that keeps answering another 5xx (500,
+  501, ...) was reached and refused this request: after `server_error_retries` that answer
+  becomes the line's error, status and body kept — otherwise one request that always crashes
+  the server's handler would block its batch forever.
+- Any other 4xx is the request's fault: it becomes the line's error with the upstream's
+  status and body unchanged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import logging
+import random
+import time
+from typing import Any, Self
+
+import aiohttp
+import orjson
+from pydantic import Field, model_validator
+
+from schemas.errors import error_body
+from schemas.inference import CHAT_COMPLETIONS, COMPLETIONS, EMBEDDINGS
+from services.settings import get_settings
+from services.worker.engines.base import Engine, EngineRequest, EngineResult, EngineUnavailable
+from services.worker.engines.managed_server import ManagedServer, ManagedServerConfig, ServerUnavailable
+from services.worker.engines.openai_params import new_request_id
+from services.worker.engines.registry import EngineOptions
+
+log = logging.getLogger(__name__)
+
+# Statuses that mean "try again later" rather than "this request is wrong".
+RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
+UNAVAILABLE_STATUSES = frozenset({408, 429, 502, 503, 504})
+
+
+class UpstreamOptions(EngineOptions):
+    base_url: str | None = None  # e.g. http://10.0.0.5:8000 or https://api.example.com/v1
+    server: ManagedServerConfig | None = None
+    api_key: str | None = None  # default: Settings.upstream_api_key (OFFHOURS_UPSTREAM_API_KEY)
+    upstream_model: str | None = None  # rewrite body.model to the name the server knows
+    headers: dict[str, str] = Field(default_factory=dict)
+    timeout_s: float = Field(600.0, gt=0)  # whole request, generation included
+    connect_timeout_s: float = Field(10.0, gt=0)
+    max_retries: int = Field(6, ge=0)
+    # A 500/501/... is more often this request crashing the handler than an outage, and
+    # some servers (llama_cpp.server) answer 500 even for a malformed field: fewer retries.
+    server_error_retries: int = Field(2, ge=0)
+    backoff_base_s: float = Field(0.5, ge=0)
+    backoff_max_s: float = Field(30.0, ge=0)
+    retry_after_max_s: float = Field(300.0, ge=0)
+    max_concurrency: int = 64
+
+    @model_validator(mode="after")
+    def _one_target(self) -> Self:
+        if (self.base_url is None) == (self.server is None):
+            raise ValueError("set exactly one of `base_url` (a running server) or `server` (a managed one)")
+        return self
+
+
+def join_url(base_url: str, endpoint: str) -> str:
+    """Base URLs are written with or without the `/v1` the endpoints start with."""
+    base = base_url.rstrip("/")
+    if base.endswith("/v1") and endpoint.startswith("/v1/"):
+        return base + endpoint[3:]
+    return base + endpoint
+
+
+def retry_after_seconds(value: str | None, now: float | None = None) -> float | None:
+    """`Retry-After` as delay-seconds or an HTTP date; None if absent or unreadable."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when is None:
+        return None
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
+def backoff_delay(attempt: int, base: float, cap: float, rng: random.Random | None = None) -> float:
+    """Full jitter: uniform in [0, min(cap, base * 2**attempt)] (attempt counts from 0)."""
+    return (rng or random).uniform(0.0, min(cap, base * (2 ** attempt)))
+
+
+class _Retry(Exception):
+    def __init__(self, reason: str, *, status: int | None = None, body: dict[str, Any] | None = None,
+                 retry_after: float | None = None, request_id: str | None = None) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.body = body
+        self.retry_after = retry_after
+        self.request_id = request_id
+
+
+def _error_from_text(status: int, raw: bytes) -> dict[str, Any]:
+    text = raw.decode("utf-8", "replace").strip()[:2000] or f"HTTP {status}"
+    return error_body(f"upstream answered HTTP {status}: {text}", type="upstream_error",
+                      code=f"upstream_http_{status}")
+
+
+class UpstreamEngine(Engine):
+    kind = "upstream"
+
+    def __init__(self, model: str, **options: Any) -> None:
+        self.options = UpstreamOptions.parse(model, options)
+        super().__init__(model, **self.options.engine_kwargs())
+        self.server: ManagedServer | None = None
+        self._session: aiohttp.ClientSession | None = None
+        self._sem = asyncio.Semaphore(self.max_concurrency)
+        self.retries = 0  # requests re-sent, for logs and tests
+        self._base_url = self.options.base_url or ""
+        key = self.options.api_key
+        if key is None and (fallback := get_settings().upstream_api_key) is not None:
+            key = fallback.get_secret_value()
+        self._headers = {"Content-Type": "application/json", **self.options.headers}
+        if key:
+            self._headers["Authorization"] = f"Bearer {key}"
+
+    @classmethod
+    def default_endpoints(cls) -> frozenset[str]:
+        return frozenset({CHAT_COMPLETIONS, COMPLETIONS, EMBEDDINGS})
+
+    async def start(self) -> None:
+        if self._session is not None:
+            return
+        if self.options.server is not None:
+            self.server = ManagedServer(self.options.server, self.model)
+            await self.server.start()
+            self._base_url = self.server.base_url
+        o = self.options
+        self._session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=self.max_concurrency, limit_per_host=self.max_concurrency),
+            timeout=aiohttp.ClientTimeout(total=o.timeout_s, sock_connect=o.connect_timeout_s),
+            headers=self._headers,
+        )
+
+    async def close(self) -> None:
+        session, self._session = self._session, None
+        if session is not None:
+            await session.close()
+        server, self.server = self.server, None
+        if server is not None:
+            await server.close()
+
+    def describe(self) -> dict[str, Any]:
+        out = super().describe()
+        out["base_url"] = self._base_url or None
+        if self.options.server is not None:
+            out["server"] = self.options.server.preset
+        return out
+
+    async def infer(self, request: EngineRequest) -> EngineResult:
+        if self._session is None:
+            raise EngineUnavailable(f"engine for {self.model!r} is not started")
+        body = request.body
+        if self.options.upstream_model is not None:
+            body = {**body, "model": self.options.upstream_model}
+        payload = orjson.dumps(body)
+        url = join_url(self._base_url, request.endpoint)
+        o = self.options
+        attempt = 0
+        server_errors = 0
+        while True:
+            try:
+                async with self._sem:
+                    return await self._send(url, payload)
+            except _Retry as retry:
+                refused = retry.status is not None and retry.status not in UNAVAILABLE_STATUSES
+                if refused:
+                    server_errors += 1
+                if refused and (server_errors > o.server_error_retries or attempt >= o.max_retries):
+                    return EngineResult(retry.status, retry.body or _error_from_text(retry.status, b""),
+                                        retry.request_id or new_request_id())
+                if attempt >= o.max_retries:
+                    raise EngineUnavailable(
+                        f"upstream {url} still failing after {attempt + 1} attempts: {retry}") from None
+                delay = backoff_delay(attempt, o.backoff_base_s, o.backoff_max_s)
+                if retry.retry_after is not None:
+                    delay = min(retry.retry_after, o.retry_after_max_s)
+                log.info("upstream %s: %s; retry %d/%d in %.2fs (%s)", url, retry, attempt + 1, o.max_retries,
+                         delay, request.custom_id)
+                attempt += 1
+                self.retries += 1
+                await asyncio.sleep(delay)
+                await self._wait_for_server()
+
+    async def _wait_for_server(self) -> None:
+        if self.server is None:
+            return
+        try:
+            async with asyncio.timeout(self.server.config.startup_timeout_s):
+                await self.server.wait_ready()
+        except (ServerUnavailable, TimeoutError) as exc:
+            raise EngineUnavailable(f"managed server for {self.model!r} is not available: {exc}") from None
+
+    async def _send(self, url: str, payload: bytes) -> EngineResult:
+        assert self._session is not None
+        try:
+            async with self._session.post(url, data=payload) as resp:
+                raw = await resp.read()
+                status = resp.status
+                request_id = resp.headers.get("x-request-id") or new_request_id()
+                retry_after = retry_after_seconds(resp.headers.get("Retry-After"))
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise _Retry(f"{type(exc).__name__}: {exc}") from None
+        try:
+            body = orjson.loads(raw) if raw else None
+        except orjson.JSONDecodeError:
+            body = None
+        if not isinstance(body, dict):
+            body = None
+        if status in RETRY_STATUSES or status >= 500:
+            raise _Retry(f"HTTP {status}", status=status, body=body or _error_from_text(status, raw),
+                         retry_after=retry_after, request_id=request_id)
+        if status >= 400:
+            return EngineResult(status, body or _error_from_text(status, raw), request_id)
+        if body is None:
+            return EngineResult(502, error_body(f"upstream answered HTTP {status} with a body that is not a JSON "
+                                                f"object: {raw[:200]!r}", type="upstream_error",
+                                                code="upstream_invalid_response"), request_id)
+        return EngineResult(status, body, request_id)

@@ -1,0 +1,74 @@
+"""Worker heartbeats: one document per worker in `workers`, refreshed every few seconds.
+
+`GET /v1/models` and the dispatcher's "is this model served?" check (services/batches/live_models.py)
+read these: a model is served while one of its workers was seen within `worker_liveness_seconds`.
+A worker that shuts down cleanly removes its document at once; one that dies simply ages out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from pymongo.asynchronous.database import AsyncDatabase
+
+from services.batches.live_models import WORKERS_COLLECTION
+
+log = logging.getLogger(__name__)
+
+
+def new_worker_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+
+
+class Heartbeat:
+    def __init__(
+        self, db: AsyncDatabase[Any], *, worker_id: str, model: str, endpoints: Iterable[str], interval_s: float,
+        stats: Callable[[], dict[str, Any]] | None = None,
+    ) -> None:
+        self.collection = db[WORKERS_COLLECTION]
+        self.worker_id = worker_id
+        self.model = model
+        self.endpoints = sorted(endpoints)
+        self.interval_s = interval_s
+        self.stats = stats
+        self.started_at = time.time()
+        self.last_ok: float | None = None
+
+    async def beat(self) -> None:
+        fields: dict[str, Any] = {
+            "model": self.model,
+            "endpoints": self.endpoints,
+            "last_seen": time.time(),
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "started_at": self.started_at,
+        }
+        if self.stats is not None:
+            fields["stats"] = self.stats()
+        await self.collection.update_one({"_id": self.worker_id}, {"$set": fields}, upsert=True)
+        self.last_ok = time.monotonic()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Beat every interval until `stop`; a failed beat is logged and retried at the next one."""
+        while not stop.is_set():
+            try:
+                await self.beat()
+            except Exception:
+                log.warning("heartbeat failed", exc_info=True)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), self.interval_s)
+
+    async def remove(self) -> None:
+        """Forget this worker now (clean shutdown), so /v1/models does not list it for another 30 s."""
+        try:
+            await self.collection.delete_one({"_id": self.worker_id})
+        except Exception:
+            log.warning("removing the heartbeat of %s failed; it will age out", self.worker_id, exc_info=True)

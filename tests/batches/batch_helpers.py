@@ -1,0 +1,68 @@
+"""Helpers of the batches tests: the `Api` handle the fixtures in conftest.py give, request lines."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+from openai import AsyncOpenAI
+from pymongo.asynchronous.database import AsyncDatabase
+
+from services.batches.store import BatchStore
+from services.files.store import FileStore, new_file_id, object_key
+from services.http.auth import ApiKeyStore
+from services.settings import Settings
+from services.stores.s3 import ObjectStore
+
+
+def request_line(i: int, *, model: str = "batch-test-model", url: str = "/v1/chat/completions") -> dict[str, Any]:
+    return {"custom_id": f"req-{i}", "method": "POST", "url": url,
+            "body": {"model": model, "messages": [{"role": "user", "content": f"hello {i}"}]}}
+
+
+def jsonl(n: int, **kw: Any) -> bytes:
+    return b"".join(json.dumps(request_line(i, **kw)).encode() + b"\n" for i in range(n))
+
+
+@dataclass
+class Api:
+    url: str
+    settings: Settings
+    db: AsyncDatabase[Any]
+    objects: ObjectStore
+    http: aiohttp.ClientSession
+
+    @property
+    def store(self) -> BatchStore:
+        return BatchStore(self.db)
+
+    async def key(self, project: str | None = None) -> tuple[str, str]:
+        """(api key, project) for a new (or the given) project."""
+        project = project or f"proj-{uuid.uuid4().hex[:8]}"
+        key, _ = await ApiKeyStore(self.db).create(project)
+        return key, project
+
+    def client(self, key: str) -> AsyncOpenAI:
+        return AsyncOpenAI(base_url=f"{self.url}/v1", api_key=key, max_retries=0, timeout=30)
+
+    async def add_file(self, project: str, content: bytes, *, purpose: str = "batch") -> str:
+        """A file of `project` with these bytes, registered the way the service registers outputs."""
+        file_id = new_file_id()
+        await self.objects.put_bytes(object_key(file_id), content)
+        await FileStore(self.db, self.objects).register_existing(
+            project, object_key(file_id), "input.jsonl", purpose, len(content), file_id=file_id
+        )
+        return file_id
+
+    async def call(self, method: str, path: str, key: str, **kw: Any) -> tuple[int, Any]:
+        """Plain HTTP: (status, decoded JSON body)."""
+        headers = {"Authorization": f"Bearer {key}", **kw.pop("headers", {})}
+        async with self.http.request(method, f"{self.url}{path}", headers=headers, **kw) as resp:
+            return resp.status, await resp.json(content_type=None)
+
+
+MakeApi = Callable[..., Awaitable[Api]]

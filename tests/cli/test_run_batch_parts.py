@@ -1,0 +1,111 @@
+"""The pure parts of run-batch: torn-line repair, staging names, retry delays, progress and summary text."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+
+from services.cli.run_batch.http_retry import RetryPolicy, is_retryable_status
+from services.cli.run_batch.locations import is_url, redact, staging_path
+from services.cli.run_batch.progress import (
+    Snapshot,
+    format_bytes,
+    format_duration,
+    format_rate,
+    render_bar,
+    render_log,
+)
+from services.cli.run_batch.resume import cut_torn_tail
+from services.cli.run_batch.summary import Destination, Summary
+from services.worker.pipeline import PipelineStats
+
+
+@pytest.mark.parametrize(("content", "kept"), [
+    (b"", b""),
+    (b"a\nb\n", b"a\nb\n"),
+    (b"a\nb\npartial", b"a\nb\n"),
+    (b"no newline at all", b""),
+    (b"x" * 200_000 + b"\n" + b"y" * 150_000, b"x" * 200_000 + b"\n"),  # the newline is blocks back
+])
+def test_cut_torn_tail(tmp_path: Path, content: bytes, kept: bytes) -> None:
+    path = tmp_path / "f.jsonl"
+    path.write_bytes(content)
+    assert cut_torn_tail(path) == len(content) - len(kept)
+    assert path.read_bytes() == kept
+
+
+def test_staging_name_ignores_the_query_string_and_differs_per_object(tmp_path: Path) -> None:
+    a1 = staging_path("https://h.example/b/out.jsonl?X-Amz-Signature=1", tmp_path)
+    a2 = staging_path("https://H.example/b/out.jsonl?X-Amz-Signature=2", tmp_path)
+    b = staging_path("https://h.example/b/other.jsonl", tmp_path)
+    assert a1 == a2 != b
+    assert a1.parent == tmp_path and a1.name.endswith("out.jsonl")
+
+
+def test_url_detection_and_redaction() -> None:
+    assert is_url("https://x/y") and is_url("HTTP://x/y") and not is_url("./https.jsonl")
+    assert redact("https://user:pw@h.example/a.jsonl?sig=secret") == "https://h.example/a.jsonl?…"
+
+
+def test_retry_delays_grow_with_jitter_and_honour_retry_after() -> None:
+    random.seed(1)
+    policy = RetryPolicy(attempts=6, backoff=1.0, max_delay=8.0)
+    for retry, step in [(1, 1.0), (2, 2.0), (3, 4.0), (4, 8.0), (5, 8.0)]:
+        delays = [policy.delay(retry) for _ in range(200)]
+        assert all(step * 0.5 <= d <= step for d in delays)
+        assert max(delays) - min(delays) > step * 0.2  # jittered, not fixed
+    assert policy.delay(1, retry_after="7") >= 7
+    assert policy.delay(1, retry_after="100000") <= 60
+    assert policy.delay(1, retry_after="Wed, 21 Oct 2015 07:28:00 GMT") <= 1.0
+
+
+def test_which_statuses_are_retried() -> None:
+    assert all(is_retryable_status(s) for s in (408, 429, 500, 502, 503, 504, 599))
+    assert not any(is_retryable_status(s) for s in (400, 401, 403, 404, 409, 413))
+
+
+def test_progress_texts() -> None:
+    snap = Snapshot(lines=5_000, failed=12, new_lines=4_000, read_bytes=50_000_000, total_bytes=100_000_000,
+                    elapsed=4.0)
+    bar = render_bar(snap, 100)
+    assert bar.startswith("[") and " 50%" in bar and "5,000 lines" in bar and "1,000/s" in bar
+    assert "12 failed" in bar and "ETA 0:00:04" in bar and len(bar) <= 100
+    log = render_log(snap)
+    assert "5,000 lines done, 12 failed" in log and "50.0 MB of 100.0 MB read (50%)" in log
+    unknown = Snapshot(lines=10, failed=0, new_lines=10, read_bytes=1234, total_bytes=None, elapsed=1.0)
+    assert "1.2 KB read" in render_bar(unknown, 80) and "ETA" not in render_bar(unknown, 80)
+    assert format_duration(3725) == "1:02:05"
+    assert format_bytes(999) == "999 B" and format_bytes(1_500_000_000) == "1.5 GB"
+    assert format_rate(25_000, 2.0) == "12,500" and format_rate(3, 2.0) == "1.5"
+
+
+def test_summary_text() -> None:
+    stats = PipelineStats(total=10, succeeded=7, failed=3, input_tokens=100, output_tokens=60,
+                          failures_by_code={"invalid_json": 2, "duplicate_custom_id": 1})
+    text = Summary(stats=stats, new_lines=6, resumed=4, elapsed=2.0,
+                   destinations=[Destination("output", "/tmp/o.jsonl", 10)]).render()
+    assert "10 total · 7 succeeded · 3 failed (invalid_json 2, duplicate_custom_id 1)" in text
+    assert "4 lines were already done" in text and "100 input · 60 output" in text
+    assert "3.0 lines/s" in text and "/tmp/o.jsonl (10 lines)" in text
+
+
+async def test_a_lone_write_reaches_the_disk_within_the_flush_interval(tmp_path: Path) -> None:
+    # A slow model writes rarely: its results must not wait in the buffer for the next one.
+    import asyncio
+
+    from services.cli.run_batch.sinks import FileSink
+
+    path = tmp_path / "out.jsonl"
+    sink = FileSink(path, append=False, flush_interval=0.05)
+    await sink.write(b'{"a":1}\n')
+    assert path.read_bytes() == b""  # buffered
+    for _ in range(100):
+        if path.read_bytes():
+            break
+        await asyncio.sleep(0.02)
+    assert path.read_bytes() == b'{"a":1}\n'
+    await sink.write(b'{"b":2}\n')
+    sink.close()
+    assert path.read_bytes() == b'{"a":1}\n{"b":2}\n' and sink.lines == 2

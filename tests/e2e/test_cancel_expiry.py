@@ -1,0 +1,123 @@
+"""Cancel and expiry mid-run, on real processes. The gated upstream decides how far the batch has got:
+10 lines in chunks of 2; the test lets exactly one chunk finish and holds the next one in flight (the
+worker runs one chunk at a time here, so "the next one" is well defined).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+
+import aiohttp
+
+from tests.e2e.conftest import MakeStack
+from tests.e2e.harness import (
+    CHAT,
+    GATED,
+    GatedUpstream,
+    ServiceStack,
+    assert_exactly_once,
+    chat_line,
+    download_lines,
+    jsonl,
+    upload,
+    wait_status,
+)
+
+IDS = [f"line-{i}" for i in range(10)]
+
+
+async def start_gated_batch(stack: ServiceStack, upstream: GatedUpstream):  # type: ignore[no-untyped-def]
+    """A 5-chunk batch with its first chunk done and its second one in flight (held by the upstream)."""
+    client = await stack.client()
+    file_id = await upload(client, jsonl(chat_line(c, model=GATED, max_tokens=5) for c in IDS))
+    batch = await client.batches.create(input_file_id=file_id, endpoint=CHAT, completion_window="24h")
+    await upstream.allow(2)
+    await upstream.wait_received(4)
+    return client, batch.id
+
+
+async def worker_chunk_counts(stack: ServiceStack) -> dict[str, float]:
+    async with aiohttp.ClientSession() as http, http.get(f"{stack.workers[0].ops_url}/metrics") as resp:
+        text = await resp.text()
+    return {m[0]: float(m[1]) for m in re.findall(r'offhours_worker_chunks_total\{outcome="(\w+)"\} (\S+)', text)}
+
+
+async def wait_worker_handled(stack: ServiceStack, n: int, timeout_s: float = 60) -> dict[str, float]:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        counts = await worker_chunk_counts(stack)
+        if sum(counts.values()) >= n or time.monotonic() > deadline:
+            return counts
+        await asyncio.sleep(0.1)
+
+
+async def test_cancel_mid_run_drains_in_flight_work_and_keeps_partial_output(
+    make_stack: MakeStack, upstream: GatedUpstream
+) -> None:
+    stack = await make_stack(workers=(GATED,), worker_chunks_in_flight=1)
+    client, batch_id = await start_gated_batch(stack, upstream)
+
+    cancelling = await client.batches.cancel(batch_id)
+    assert cancelling.status == "cancelling" and cancelling.cancelling_at is not None
+    await upstream.allow(2)  # the chunk in flight finishes: in-flight work drains, it is not thrown away
+    batch = await wait_status(client, batch_id)
+
+    assert batch.status == "cancelled" and batch.cancelled_at is not None
+    assert (batch.request_counts.total, batch.request_counts.completed, batch.request_counts.failed) == (10, 4, 6)
+    output = await download_lines(client, batch.output_file_id)
+    errors = await download_lines(client, batch.error_file_id)
+    assert len(output) == 4 and all(o["response"]["status_code"] == 200 for o in output)
+    assert {e["error"]["code"] for e in errors} == {"batch_cancelled"} and len(errors) == 6
+    assert all(e["response"] is None and e["error"]["line"] for e in errors)
+    assert_exactly_once(output, errors, IDS)
+    # The three chunks not started were skipped by the worker, never sent to the engine.
+    counts = await wait_worker_handled(stack, 5)
+    assert counts == {"done": 2.0, "skipped": 3.0}
+    assert upstream.received == 4
+    statuses = sorted(c["status"] for c in await stack.ledger.chunks(batch_id))
+    assert statuses == ["done", "done", "skipped", "skipped", "skipped"]
+
+
+async def test_cancel_racing_completion_has_one_winner(make_stack: MakeStack, upstream: GatedUpstream) -> None:
+    stack = await make_stack(workers=(GATED,), worker_chunks_in_flight=1)
+    client, batch_id = await start_gated_batch(stack, upstream)
+    await upstream.release_all()
+    # Cancel while the last chunks finish: whichever CAS wins, the batch ends in one consistent state.
+    result = None
+    try:
+        result = await client.batches.cancel(batch_id)
+    except Exception as exc:  # the batch was already finalizing/completed: a clean 400, not a 500
+        assert getattr(exc, "status_code", None) == 400, exc
+    batch = await wait_status(client, batch_id)
+    assert batch.status in ("completed", "cancelled")
+    if result is not None and result.status == "cancelling":
+        assert batch.status == "cancelled"
+    output = await download_lines(client, batch.output_file_id)
+    errors = await download_lines(client, batch.error_file_id)
+    assert_exactly_once(output, errors, IDS)
+    assert batch.request_counts.completed == len(output) and batch.request_counts.failed == len(errors)
+
+
+async def test_expiry_keeps_finished_lines_and_fails_the_rest(make_stack: MakeStack, upstream: GatedUpstream) -> None:
+    stack = await make_stack(workers=(GATED,), worker_chunks_in_flight=1, batch_window_override_seconds=6.0)
+    client, batch_id = await start_gated_batch(stack, upstream)
+
+    batch = await wait_status(client, batch_id, timeout_s=60)
+    assert batch.status == "expired" and batch.expired_at is not None and batch.finalizing_at is not None
+    assert (batch.request_counts.total, batch.request_counts.completed, batch.request_counts.failed) == (10, 2, 8)
+    output = await download_lines(client, batch.output_file_id)
+    errors = await download_lines(client, batch.error_file_id)
+    assert len(output) == 2
+    assert {e["error"]["code"] for e in errors} == {"batch_expired"} and len(errors) == 8
+    assert_exactly_once(output, errors, IDS)
+
+    # The chunk that was in flight finishes after the expiry: its late result must not change anything.
+    await upstream.release_all()
+    counts = await wait_worker_handled(stack, 5)
+    assert counts.get("done") == 2.0
+    await asyncio.sleep(1.0)
+    again = await client.batches.retrieve(batch_id)
+    assert again.status == "expired" and again.request_counts == batch.request_counts
+    assert await download_lines(client, again.output_file_id) == output

@@ -1,0 +1,155 @@
+"""Invariant 1 under crashes: SIGKILL a worker mid-chunk, SIGKILL the dispatcher mid-batch, restart them;
+every custom_id still ends up exactly once across the output and error files, and the counts match.
+Also: two workers of one model share a batch, and a worker leaves cleanly on SIGTERM.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+from typing import Any
+
+from tests.e2e.conftest import MakeStack
+from tests.e2e.harness import (
+    CHAT,
+    GATED,
+    GatedUpstream,
+    ServiceStack,
+    assert_exactly_once,
+    chat_line,
+    download_lines,
+    jsonl,
+    upload,
+    wait_status,
+)
+
+IDS = [f"line-{i}" for i in range(10)]
+
+
+async def gated_batch_mid_run(stack: ServiceStack, upstream: GatedUpstream) -> tuple[Any, str]:
+    """10 lines in 5 chunks: chunk one done, chunk two in flight (its requests held by the upstream)."""
+    client = await stack.client()
+    file_id = await upload(client, jsonl(chat_line(c, model=GATED) for c in IDS))
+    batch = await client.batches.create(input_file_id=file_id, endpoint=CHAT, completion_window="24h")
+    await upstream.allow(2)
+    await upstream.wait_received(4)
+    return client, batch.id
+
+
+async def check_complete(client: Any, batch_id: str, ids: list[str]) -> Any:
+    batch = await wait_status(client, batch_id, timeout_s=120)
+    assert batch.status == "completed", batch.errors
+    output = await download_lines(client, batch.output_file_id)
+    errors = await download_lines(client, batch.error_file_id)
+    assert_exactly_once(output, errors, ids)
+    assert (batch.request_counts.total, batch.request_counts.completed, batch.request_counts.failed) == (
+        len(ids), len(output), len(errors))
+    succeeded = {o["custom_id"] for o in output}
+    assert [o["custom_id"] for o in output] == [c for c in ids if c in succeeded]  # input order
+    return batch
+
+
+async def test_worker_sigkilled_mid_chunk_is_redone_by_its_successor(
+    make_stack: MakeStack, upstream: GatedUpstream
+) -> None:
+    stack = await make_stack(workers=(GATED,), worker_chunks_in_flight=1)
+    client, batch_id = await gated_batch_mid_run(stack, upstream)
+    killed = stack.workers[0]
+    killed_pid = killed.pid
+    killed.kill()  # mid-chunk: its requests are in flight, nothing was committed for that chunk
+    await upstream.release_all()
+    await stack.start_worker(GATED)
+
+    batch = await check_complete(client, batch_id, IDS)
+    assert batch.request_counts.failed == 0
+    by_worker: dict[str, int] = {}
+    for chunk in await stack.ledger.chunks(batch_id):
+        assert chunk["status"] == "done"
+        by_worker[chunk["worker"]] = by_worker.get(chunk["worker"], 0) + 1
+    # The killed worker finished exactly the chunk it was allowed to; its successor did the other four,
+    # including the one that was in flight at the kill (redelivered, new attempt).
+    assert sorted(by_worker.values()) == [1, 4]
+    assert next(w for w, n in by_worker.items() if n == 1).split("-")[-2] == str(killed_pid)
+
+
+async def test_dispatcher_sigkilled_mid_batch_recovers_on_restart(
+    make_stack: MakeStack, upstream: GatedUpstream
+) -> None:
+    stack = await make_stack(workers=(GATED,), worker_chunks_in_flight=1)
+    client, batch_id = await gated_batch_mid_run(stack, upstream)
+    assert stack.dispatcher is not None
+    stack.dispatcher.kill()
+    # The workers carry on: their results wait in the results topic, uncounted.
+    await upstream.release_all()
+    deadline = time.monotonic() + 60
+    while await stack.ledger.count_pending(batch_id) and time.monotonic() < deadline:
+        await asyncio.sleep(0.2)  # (the dispatcher is dead: the ledger moves only for results it counted)
+        if upstream.answered >= 10:
+            break
+    assert (await client.batches.retrieve(batch_id)).status == "in_progress"
+    await stack.dispatcher.start()
+
+    await check_complete(client, batch_id, IDS)
+
+
+async def test_dispatcher_sigkilled_during_validation_recovers(make_stack: MakeStack) -> None:
+    stack = await make_stack(workers=("null-model",))
+    client = await stack.client()
+    ids = [f"r{i:05d}" for i in range(20_000)]
+    file_id = await upload(client, jsonl(chat_line(c) for c in ids))
+    assert stack.dispatcher is not None
+    batch = await client.batches.create(input_file_id=file_id, endpoint=CHAT, completion_window="24h")
+    # Kill it as soon as the batch is no longer untouched (validating or beyond): wherever that lands
+    # — mid-validation, mid-dispatch, mid-results or mid-finalize — the restart must finish the job.
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        current = await client.batches.retrieve(batch.id)
+        if current.status != "validating" or await stack.ledger.chunks(batch.id):
+            break
+        await asyncio.sleep(0.01)
+    stack.dispatcher.kill()
+    await stack.dispatcher.start()
+    await check_complete(client, batch.id, ids)
+
+
+async def test_two_workers_share_one_batch(make_stack: MakeStack) -> None:
+    stack = await make_stack(workers=("null-model", "null-model"), chunk_lines={"null_model": 100})
+    # Wait until the group has settled with both members owning partitions.
+    deadline = time.monotonic() + 60
+    while True:
+        docs = await stack.db["workers"].find({"model": "null-model"}).to_list(None)
+        owned = [set(d.get("stats", {}).get("partitions") or ()) for d in docs]
+        if len(owned) == 2 and all(owned) and not (owned[0] & owned[1]) and len(owned[0] | owned[1]) == 8:
+            break
+        assert time.monotonic() < deadline, f"workers never shared the topic: {owned}"
+        await asyncio.sleep(0.2)
+    client = await stack.client()
+    ids = [f"s{i:04d}" for i in range(3000)]  # 30 chunks over 8 partitions
+    batch = await client.batches.create(input_file_id=await upload(client, jsonl(chat_line(c) for c in ids)),
+                                        endpoint=CHAT, completion_window="24h")
+    await check_complete(client, batch.id, ids)
+    chunks = await stack.ledger.chunks(batch.id)
+    assert len(chunks) == 30
+    workers = {c["worker"] for c in chunks}
+    assert len(workers) == 2, workers
+
+
+async def test_worker_sigterm_finishes_the_chunk_in_hand_and_takes_no_more(
+    make_stack: MakeStack, upstream: GatedUpstream
+) -> None:
+    stack = await make_stack(workers=(GATED,), worker_chunks_in_flight=1)
+    client, batch_id = await gated_batch_mid_run(stack, upstream)
+    leaving = stack.workers[0]
+    leaving.signal(signal.SIGTERM)
+    await upstream.allow(2)  # the chunk in hand may finish within the grace period
+    assert await asyncio.to_thread(leaving.proc.wait, 30) == 0  # type: ignore[union-attr]
+    # A clean exit removes the worker's heartbeat at once (no 30 s of being listed while gone).
+    assert await stack.db["workers"].count_documents({"pid": leaving.pid}) == 0
+    assert upstream.received == 4  # it took no new chunk after SIGTERM
+
+    await upstream.release_all()
+    await stack.start_worker(GATED)
+    await check_complete(client, batch_id, IDS)
+    workers = [c["worker"] for c in await stack.ledger.chunks(batch_id)]
+    assert sum(1 for w in workers if w.split("-")[-2] == str(leaving.pid)) == 2

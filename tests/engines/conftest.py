@@ -1,0 +1,30 @@
+"""Real engines, loaded once per test session (the models are small, but loading is not free)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest_asyncio
+
+from services.worker.engines.embeddings import EmbeddingsEngine
+from services.worker.engines.llama_cpp import LlamaCppEngine
+from services.worker.engines.registry import get_model
+
+CHAT_MODEL = "smollm2-135m-instruct"
+EMBEDDINGS_MODEL = "all-minilm-l6-v2"
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def llama_engine() -> AsyncIterator[LlamaCppEngine]:
+    engine = get_model(CHAT_MODEL).create_engine()
+    assert isinstance(engine, LlamaCppEngine)
+    async with engine:
+        yield engine
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def embeddings_engine() -> AsyncIterator[EmbeddingsEngine]:
+    engine = get_model(EMBEDDINGS_MODEL).create_engine()
+    assert isinstance(engine, EmbeddingsEngine)
+    async with engine:
+        yield engine
