@@ -68,7 +68,7 @@ from services.settings import Settings
 log = logging.getLogger(__name__)
 
 # Events per poll: at 10 endpoints each, a poll's first attempts mostly end inside FIRST_ATTEMPT_WAIT_S.
-_POLL_RECORDS = 200
+_POLL_RECORDS = 100
 # Attempt results waiting to be written, beyond which the consumer pauses: results must reach MongoDB
 # well inside a claim's lease, or the scheduler would take the delivery for a crashed one and resend it.
 _RESULTS_HIGH_WATER = 1000
@@ -267,7 +267,7 @@ class Notifier:
             # Still running when its (claimed) document was written: record the result when it ends.
             first.outcome.add_done_callback(functools.partial(self._record_late, first))
         self.metrics.deliveries_created.inc(len(created))
-        if any(d["_id"] in created and d["claim"] is None for d in docs):
+        if any(d["_id"] in created and d.get("claim") is None for d in docs):
             self._wake_at(now)  # overflow: the scheduler takes those when their target has room
         return True
 
@@ -423,8 +423,13 @@ class Notifier:
         re-raises), then shut down cleanly."""
         s = self.settings
         session_ms = int(s.kafka_session_timeout_seconds * 1000)
-        consumer = Consumer(s, [batch_events_topic(s)], group_id=notifier_group(s), client_id="offhours-notifier",
-                            session_timeout_ms=session_ms, heartbeat_interval_ms=max(500, session_ms // 3))
+        consumer = Consumer(
+            s, [batch_events_topic(s)], group_id=notifier_group(s), client_id="offhours-notifier",
+            session_timeout_ms=session_ms, heartbeat_interval_ms=max(500, session_ms // 3),
+            # A webhook is worth its latency: Tansu answers a fetch only when this wait is over even if
+            # records arrived (Kafka answers at once); 50 ms costs an idle consumer 20 fetches a second.
+            fetch_max_wait_ms=50,
+        )
         await consumer.start()
         log.info("notifier running (topic %s, group %s)", consumer.topics[0], notifier_group(s))
         tasks = [

@@ -199,3 +199,22 @@ async def test_50000_line_batch_of_the_null_model(stack: ServiceStack) -> None:
     output = await download_lines(client, batch.output_file_id)
     assert [o["custom_id"] for o in output] == ids
     assert len({o["id"] for o in output}) == 50_000
+
+
+async def test_input_file_deleted_while_batch_runs_still_completes(stack: ServiceStack) -> None:
+    """The batch pins its input file: a delete hides the file at once but keeps its bytes until
+    the batch is terminal, so the batch still finishes every line."""
+    client = await stack.client()
+    ids = [f"pinned-{i}" for i in range(10)]
+    file_id = await upload(client, jsonl(chat_line(c, model="null-model") for c in ids))
+    created = await client.batches.create(input_file_id=file_id, endpoint=CHAT, completion_window="24h")
+    deleted = await client.files.delete(file_id)
+    assert deleted.deleted
+    with pytest.raises(openai.NotFoundError):
+        await client.files.retrieve(file_id)
+
+    batch = await wait_status(client, created.id)
+    assert batch.status == "completed", batch.errors
+    assert batch.request_counts is not None and batch.request_counts.completed == 10
+    output = await download_lines(client, batch.output_file_id)
+    assert [o["custom_id"] for o in output] == ids

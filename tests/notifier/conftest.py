@@ -50,7 +50,8 @@ class Received:
 
 @dataclass
 class Receiver:
-    """A webhook receiver: answers `answers` in turn (then `default`), or hangs while `hang` is set."""
+    """A webhook receiver: answers `answers` in turn (then `default`), after `delay_s`, or hangs while
+    `hang` is set (until `release`)."""
 
     url: str = ""
     requests: list[Received] = field(default_factory=list)
@@ -61,11 +62,14 @@ class Receiver:
     answered: int = 0
     extra: dict[str, str] = field(default_factory=dict)
     response_body: bytes = b"ok"
+    delay_s: float = 0.0
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         self.requests.append(Received(dict(request.headers), await request.read(), request.path))
         if self.hang:
             await self.release.wait()
+        if self.delay_s:
+            await asyncio.sleep(self.delay_s)
         status = self.answers.pop(0) if self.answers else self.default
         self.answered += 1
         return web.Response(status=status, body=self.response_body, headers=self.extra)

@@ -279,3 +279,90 @@ async def test_metadata_callback_url_is_signed_with_the_project_callback_secret(
     other_key, _ = await api.key()
     status, _ = await api.call("GET", f"/v1/webhook_deliveries/{delivery['id']}", other_key)
     assert status == 404
+
+
+async def test_a_first_attempt_slower_than_the_insert_is_recorded_when_it_ends(
+    api: Api, batches: Batches, make_receiver: MakeReceiver, start_notifier: StartNotifier
+) -> None:
+    """The delivery is written (claimed) while its first attempt is still waiting for the receiver; the
+    attempt's result lands on it afterwards."""
+    receiver = await make_receiver(delay_s=2.5)
+    key, project = await api.key()
+    endpoint = await _endpoint(api, key, receiver.url)
+    await start_notifier()
+    await batches.complete(project)
+
+    async def pending_while_in_flight() -> list[dict[str, Any]]:
+        found = await _deliveries(api, key, endpoint["id"])
+        return found if found and len(receiver.requests) == 1 and receiver.answered == 0 else []
+
+    (in_flight,) = await eventually(pending_while_in_flight, what="the delivery written during its attempt")
+    assert in_flight["status"] == "pending" and in_flight["attempt_count"] == 0
+
+    async def delivered() -> list[dict[str, Any]]:
+        return await _deliveries(api, key, endpoint["id"], status="delivered")
+
+    (done,) = await eventually(delivered, what="the late result")
+    assert done["attempt_count"] == 1 and done["attempts"][0]["latency_ms"] >= 2000
+    assert len(receiver.requests) == 1
+
+
+async def test_disabled_and_deleted_endpoints(
+    api: Api, batches: Batches, make_receiver: MakeReceiver, start_notifier: StartNotifier
+) -> None:
+    receiver = await make_receiver()
+    witness = await make_receiver()
+    key, project = await api.key()
+    status, paused = await api.call("POST", "/v1/webhook_endpoints", key, json={"url": receiver.url, "enabled": False})
+    assert status == 200
+    await _endpoint(api, key, witness.url)
+    await start_notifier()
+    await batches.complete(project)
+    await witness.wait_for(1)
+    assert receiver.requests == []  # disabled: not even a delivery record
+    assert await _deliveries(api, key, paused["id"]) == []
+
+    status, _ = await api.call("POST", f"/v1/webhook_endpoints/{paused['id']}", key, json={"enabled": True})
+    assert status == 200
+    batch_id = await batches.complete(project)
+    (request,) = await receiver.wait_for(1)
+    assert unwrap(request, paused["signing_secret"]).data.id == batch_id
+
+    status, deleted = await api.call("DELETE", f"/v1/webhook_endpoints/{paused['id']}", key)
+    assert status == 200 and deleted == {"id": paused["id"], "object": "webhook_endpoint.deleted", "deleted": True}
+    status, _ = await api.call("GET", f"/v1/webhook_endpoints/{paused['id']}/deliveries", key)
+    assert status == 404
+    # its history stays readable project-wide
+    status, page = await api.call("GET", "/v1/webhook_deliveries", key, params={"endpoint_id": paused["id"]})
+    assert status == 200 and [d["batch_id"] for d in page["data"]] == [batch_id]
+
+
+async def test_delivery_listing_pages_and_filters(
+    api: Api, batches: Batches, make_receiver: MakeReceiver, start_notifier: StartNotifier
+) -> None:
+    receiver = await make_receiver()
+    key, project = await api.key()
+    endpoint = await _endpoint(api, key, receiver.url)
+    await start_notifier()
+    batch_ids = [await batches.complete(project) for _ in range(3)]
+    await receiver.wait_for(3)
+
+    async def all_recorded() -> list[dict[str, Any]]:
+        found = await _deliveries(api, key, endpoint["id"], status="delivered")
+        return found if len(found) == 3 else []
+
+    everything = await eventually(all_recorded, what="three recorded deliveries")
+    assert {d["batch_id"] for d in everything} == set(batch_ids)
+    first = await _deliveries(api, key, endpoint["id"], limit="2")
+    rest = await _deliveries(api, key, endpoint["id"], limit="2", after=first[-1]["id"])
+    assert [d["id"] for d in first + rest] == [d["id"] for d in everything]
+    assert await _deliveries(api, key, endpoint["id"], status="dead") == []
+    status, page = await api.call("GET", "/v1/webhook_deliveries", key, params={"batch_id": batch_ids[0]})
+    assert status == 200 and [d["batch_id"] for d in page["data"]] == [batch_ids[0]]
+    status, error = await api.call("GET", "/v1/webhook_deliveries", key)
+    assert status == 400 and error["error"]["code"] == "missing_required_parameter"
+    status, error = await api.call("GET", f"/v1/webhook_endpoints/{endpoint['id']}/deliveries", key,
+                                   params={"status": "lost"})
+    assert status == 400 and error["error"]["param"] == "status"
+    status, error = await api.call("POST", f"/v1/webhook_endpoints/{endpoint['id']}/deliveries/msg_nope/redeliver", key)
+    assert status == 404 and error["error"]["code"] == "webhook_delivery_not_found"

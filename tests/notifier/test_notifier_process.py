@@ -66,6 +66,8 @@ async def test_sigkill_with_retries_pending_then_restart_delivers_with_the_same_
             return doc if doc and doc["status"] == "delivered" else None
 
         after = await eventually(delivered, timeout_s=90, what="delivery by the restarted notifier")
+        metrics = await second.metrics_text()
+        assert 'offhours_notifier_attempts_total{outcome="succeeded"}' in metrics
         exit_status = second.stop()
     finally:
         await close_database(db)
