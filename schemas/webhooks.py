@@ -25,7 +25,6 @@ LIST_DEFAULT_LIMIT = 20
 LIST_MAX_LIMIT = 100
 
 DeliveryStatus = Literal["pending", "delivered", "dead"]
-DELIVERY_STATUSES: tuple[str, ...] = DeliveryStatus.__args__  # type: ignore[attr-defined]
 AttemptOutcome = Literal["succeeded", "failed"]
 
 

@@ -212,8 +212,8 @@ async def delete_endpoint(request: web.Request) -> web.Response:
         raise _endpoint_missing(endpoint_id)
     await ctx.deliveries.collection.update_many(
         {"project": project, "endpoint_id": endpoint_id, "status": "pending", "lease_until": {"$lte": time.time()}},
-        {"$set": {"status": "dead", "dead_at": time.time(), "next_attempt_at": None,
-                  "last_error": "the endpoint was deleted"}},
+        {"$set": {"status": "dead", "dead_at": time.time(), "last_error": "the endpoint was deleted"},
+         "$unset": {"next_attempt_at": ""}},
     )
     return web.json_response({"id": endpoint_id, "object": "webhook_endpoint.deleted", "deleted": True})
 

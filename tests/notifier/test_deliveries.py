@@ -366,3 +366,25 @@ async def test_delivery_listing_pages_and_filters(
     assert status == 400 and error["error"]["param"] == "status"
     status, error = await api.call("POST", f"/v1/webhook_endpoints/{endpoint['id']}/deliveries/msg_nope/redeliver", key)
     assert status == 404 and error["error"]["code"] == "webhook_delivery_not_found"
+
+
+async def test_deleting_an_endpoint_ends_its_pending_deliveries(
+    api: Api, batches: Batches, make_receiver: MakeReceiver, start_notifier: StartNotifier
+) -> None:
+    receiver = await make_receiver(default=503)
+    key, project = await api.key()
+    endpoint = await _endpoint(api, key, receiver.url)
+    await start_notifier(webhook_retry_base_seconds=60.0, webhook_retry_max_delay_seconds=120.0)
+    batch_id = await batches.complete(project)
+
+    async def retry_pending() -> list[dict[str, Any]]:
+        found = await _deliveries(api, key, endpoint["id"], status="pending")
+        return found if found and found[0]["attempt_count"] >= 1 else []
+
+    await eventually(retry_pending, what="a failed first attempt with a retry scheduled")
+    status, _ = await api.call("DELETE", f"/v1/webhook_endpoints/{endpoint['id']}", key)
+    assert status == 200
+    status, page = await api.call("GET", "/v1/webhook_deliveries", key, params={"batch_id": batch_id})
+    (delivery,) = page["data"]
+    assert delivery["status"] == "dead" and delivery["last_error"] == "the endpoint was deleted"
+    assert delivery["next_retry_at"] is None

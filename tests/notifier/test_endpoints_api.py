@@ -160,3 +160,20 @@ async def test_test_call_sends_a_signed_sample(api: Api, make_receiver: MakeRece
     assert (await client.webhooks.test(created.id, event_type="batch.completed")).status_code == 503
     with pytest.raises(openai.BadRequestError):
         await client.webhooks.test(created.id, event_type="response.completed")  # type: ignore[arg-type]
+
+
+async def test_the_routes_are_in_the_openapi_document(api: Api) -> None:
+    async with api.http.get(f"{api.url}/openapi.json") as resp:
+        assert resp.status == 200
+        doc = await resp.json()
+    paths = doc["paths"]
+    for path, method in [
+        ("/v1/webhook_endpoints", "post"),
+        ("/v1/webhook_endpoints/{endpoint_id}/rotate_secret", "post"),
+        ("/v1/webhook_endpoints/{endpoint_id}/deliveries", "get"),
+        ("/v1/webhook_endpoints/{endpoint_id}/deliveries/{delivery_id}/redeliver", "post"),
+        ("/v1/webhook_deliveries", "get"),
+        ("/v1/webhook_callback_secret", "get"),
+    ]:
+        assert method in paths[path], (path, method)
+    assert "WebhookEndpointWithSecret" in doc["components"]["schemas"]
