@@ -9,9 +9,8 @@ from __future__ import annotations
 import logging
 from typing import Any, TypeVar
 
-import orjson
 from aiohttp import web
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 
 from schemas.batch_api import VALIDATION_CODES, BatchListQuery, CreateBatchRequest
 from schemas.inference import CHAT_DS_TEST
@@ -23,7 +22,8 @@ from services.http.auth import project_of
 from services.http.errors import APIError, invalid_request, not_found
 from services.http.openapi import operation
 from services.http.pagination import page_body
-from services.http.params import validation_error
+from services.http.params import json_object, parse_fields
+from services.notifier.url_guard import URLPolicy, URLRefused, check_url
 from services.stores.s3 import ObjectNotFound
 
 log = logging.getLogger(__name__)
@@ -35,28 +35,7 @@ CANCELLABLE = ("validating", "in_progress")
 
 
 def _parse(model: type[M], data: dict[str, Any]) -> M:
-    """`model` from `data`, or a 400 naming the parameter; our validators' own codes are kept."""
-    try:
-        return model.model_validate(data)
-    except ValidationError as exc:
-        error = validation_error(exc)
-        first = exc.errors(include_url=False)[0]
-        if first["type"] in VALIDATION_CODES:
-            error.code = first["type"]
-        raise error from None
-
-
-async def _json_object(request: web.Request) -> dict[str, Any]:
-    raw = await request.read()
-    if not raw.strip():
-        raise invalid_request("The request body is empty; a JSON object is expected.", code="invalid_json")
-    try:
-        data = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise invalid_request(f"We could not parse the JSON body of your request: {exc}.", code="invalid_json") from None
-    if not isinstance(data, dict):
-        raise invalid_request("The request body must be a JSON object.", code="invalid_json")
-    return data
+    return parse_fields(model, data, own_codes=VALIDATION_CODES)
 
 
 def _batch_missing(batch_id: str) -> APIError:
@@ -100,8 +79,24 @@ async def _input_of(
     return {"kind": "file", "key": record.key, "bytes": record.bytes}, model_of_line(line)
 
 
+async def _check_callback_url(ctx: BatchesContext, req: CreateBatchRequest) -> None:
+    """A one-off `metadata.callback_url` is held to the notifier's URL policy now, so a URL that
+    could never be delivered to (or would reach into the private network) is a 400, not a dead letter."""
+    url = (req.metadata or {}).get("callback_url")
+    if url is None:
+        return
+    try:
+        await check_url(url, URLPolicy.from_settings(ctx.settings))
+    except URLRefused as exc:
+        raise invalid_request(
+            f"Invalid value for 'metadata.callback_url': {exc}.", param="metadata.callback_url",
+            code="url_not_allowed",
+        ) from None
+
+
 async def create_batch(ctx: BatchesContext, project: str, req: CreateBatchRequest) -> Doc:
     """Check, insert in `validating` with its `batch.created` event, publish; the new document."""
+    await _check_callback_url(ctx, req)
     batch_id = new_batch_id()
     try:
         return await _create_pinned(ctx, project, req, batch_id)
@@ -166,7 +161,7 @@ async def _create_pinned(ctx: BatchesContext, project: str, req: CreateBatchRequ
     ),
 )
 async def create_batch_handler(request: web.Request) -> web.Response:
-    req = _parse(CreateBatchRequest, await _json_object(request))
+    req = _parse(CreateBatchRequest, await json_object(request))
     doc = await create_batch(request.app[BATCHES_KEY], project_of(request), req)
     return web.json_response(to_api(doc))
 

@@ -43,22 +43,29 @@ def validation_error(exc: ValidationError, *, default_param: str | None = None) 
     return invalid_request(f"Invalid value for {where}: {message}{shown}.", param=param, code=INVALID_VALUE)
 
 
-def parse_fields(model: type[M], fields: Mapping[str, Any], *, default_param: str | None = None) -> M:
+def parse_fields(
+    model: type[M], fields: Mapping[str, Any], *, default_param: str | None = None,
+    own_codes: frozenset[str] | set[str] | tuple[str, ...] = (),
+) -> M:
+    """`model` from `fields`, or a 400 naming the parameter. A validator that raises a
+    PydanticCustomError whose type is in `own_codes` keeps that type as the error `code`."""
     try:
         return model.model_validate(dict(fields))
     except ValidationError as exc:
-        raise validation_error(exc, default_param=default_param) from None
+        error = validation_error(exc, default_param=default_param)
+        first = exc.errors(include_url=False)[0]
+        if first["type"] in own_codes:
+            error.code = first["type"]
+        raise error from None
 
 
-def parse_query(request: web.Request, model: type[M]) -> M:
-    # A repeated key keeps its last value, as most frameworks do.
-    return parse_fields(model, dict(request.query.items()))
-
-
-async def read_json(request: web.Request, model: type[M]) -> M:
-    """The JSON body validated as `model`. Bodies are bounded by the app's client_max_size (413)."""
+async def json_object(request: web.Request, *, allow_empty: bool = False) -> dict[str, Any]:
+    """The request body as a JSON object, or a 400 `invalid_json` saying what is wrong with it.
+    Bodies are bounded by the app's client_max_size (413)."""
     raw = await request.read()
     if not raw.strip():
+        if allow_empty:
+            return {}
         raise invalid_request("The request body is empty; a JSON object is expected.", code="invalid_json")
     try:
         data = orjson.loads(raw)
@@ -68,4 +75,14 @@ async def read_json(request: web.Request, model: type[M]) -> M:
         ) from None
     if not isinstance(data, dict):
         raise invalid_request("The request body must be a JSON object.", code="invalid_json")
-    return parse_fields(model, data)
+    return data
+
+
+def parse_query(request: web.Request, model: type[M]) -> M:
+    # A repeated key keeps its last value, as most frameworks do.
+    return parse_fields(model, dict(request.query.items()))
+
+
+async def read_json(request: web.Request, model: type[M]) -> M:
+    """The JSON body validated as `model`."""
+    return parse_fields(model, await json_object(request))

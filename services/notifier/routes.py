@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 
 import orjson
 from aiohttp import web
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 
 from schemas.api_params import PageParams
 from schemas.events import DEFAULT_WEBHOOK_EVENTS, EVENT_TYPES, WebhookEvent
@@ -41,7 +41,7 @@ from services.http.auth import project_of
 from services.http.errors import APIError, invalid_request, not_found
 from services.http.openapi import operation
 from services.http.pagination import fetch_page, page_body
-from services.http.params import validation_error
+from services.http.params import json_object, parse_fields
 from services.http.service import DB_KEY, SETTINGS_KEY
 from services.notifier.deliveries import DeliveryInFlight, DeliveryStore, delivery_to_api
 from services.notifier.endpoints import EndpointStore, active_secrets, endpoint_to_api
@@ -77,29 +77,7 @@ WEBHOOKS_KEY = web.AppKey("webhooks", WebhooksContext)
 
 
 def _parse(model: type[M], data: dict[str, Any]) -> M:
-    try:
-        return model.model_validate(data)
-    except ValidationError as exc:
-        error = validation_error(exc)
-        first = exc.errors(include_url=False)[0]
-        if first["type"] in _OWN_CODES:
-            error.code = first["type"]
-        raise error from None
-
-
-async def _json_object(request: web.Request, *, allow_empty: bool = False) -> dict[str, Any]:
-    raw = await request.read()
-    if not raw.strip():
-        if allow_empty:
-            return {}
-        raise invalid_request("The request body is empty; a JSON object is expected.", code="invalid_json")
-    try:
-        data = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise invalid_request(f"We could not parse the JSON body of your request: {exc}.", code="invalid_json") from None
-    if not isinstance(data, dict):
-        raise invalid_request("The request body must be a JSON object.", code="invalid_json")
-    return data
+    return parse_fields(model, data, own_codes=_OWN_CODES)
 
 
 async def _checked_url(ctx: WebhooksContext, url: str) -> None:
@@ -150,7 +128,7 @@ def _grace_seconds(ctx: WebhooksContext, req: RotateSecretRequest) -> float:
 )
 async def create_endpoint(request: web.Request) -> web.Response:
     ctx = request.app[WEBHOOKS_KEY]
-    req = _parse(CreateWebhookEndpointRequest, await _json_object(request))
+    req = _parse(CreateWebhookEndpointRequest, await json_object(request))
     await _checked_url(ctx, req.url)
     doc, secret = await ctx.endpoints.create(
         project_of(request),
@@ -188,7 +166,7 @@ async def retrieve_endpoint(request: web.Request) -> web.Response:
 async def update_endpoint(request: web.Request) -> web.Response:
     ctx = request.app[WEBHOOKS_KEY]
     endpoint_id = request.match_info["endpoint_id"]
-    req = _parse(UpdateWebhookEndpointRequest, await _json_object(request))
+    req = _parse(UpdateWebhookEndpointRequest, await json_object(request))
     fields = req.model_dump(exclude_unset=True, exclude_none=True)
     if "description" in req.model_fields_set and req.description is None:
         fields["description"] = None  # an explicit null clears it
@@ -234,7 +212,7 @@ async def delete_endpoint(request: web.Request) -> web.Response:
 async def rotate_secret(request: web.Request) -> web.Response:
     ctx = request.app[WEBHOOKS_KEY]
     endpoint_id = request.match_info["endpoint_id"]
-    req = _parse(RotateSecretRequest, await _json_object(request, allow_empty=True))
+    req = _parse(RotateSecretRequest, await json_object(request, allow_empty=True))
     rotated = await ctx.endpoints.rotate(project_of(request), endpoint_id, _grace_seconds(ctx, req))
     if rotated is None:
         raise _endpoint_missing(endpoint_id)
@@ -256,7 +234,7 @@ async def rotate_secret(request: web.Request) -> web.Response:
 )
 async def test_endpoint(request: web.Request) -> web.Response:
     ctx = request.app[WEBHOOKS_KEY]
-    req = _parse(TestWebhookEndpointRequest, await _json_object(request))
+    req = _parse(TestWebhookEndpointRequest, await json_object(request))
     doc = await _endpoint(request)
     now = int(time.time())
     sample = WebhookEvent(id=f"evt_test_{now}", type=req.event_type, created_at=now, data={"id": "batch_test"})
@@ -390,7 +368,7 @@ async def retrieve_callback_secret(request: web.Request) -> web.Response:
 async def rotate_callback_secret(request: web.Request) -> web.Response:
     ctx = request.app[WEBHOOKS_KEY]
     project = project_of(request)
-    req = _parse(RotateSecretRequest, await _json_object(request, allow_empty=True))
+    req = _parse(RotateSecretRequest, await json_object(request, allow_empty=True))
     doc = await ctx.endpoints.rotate_callback_secret(project, _grace_seconds(ctx, req))
     return web.json_response(ctx.endpoints.callback_secret_to_api(project, doc))
 

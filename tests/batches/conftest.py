@@ -10,44 +10,20 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from typing import Any
+from contextlib import AbstractAsyncContextManager
 
-import aiohttp
 import pytest
 import pytest_asyncio
-from aiohttp.test_utils import TestServer
 from batch_helpers import Api, MakeApi
 
 from infra.launcher import InfraInfo
 from services.api.app import create_api_app
 from services.settings import Settings
-from services.stores.mongo import close_database, open_database
-from services.stores.s3 import ObjectStore
+from tests.app_servers import serving
 
 
-@asynccontextmanager
-async def _serving(settings: Settings) -> AsyncIterator[MakeApi]:
-    servers: list[TestServer] = []
-    db = open_database(settings)
-    objects = await ObjectStore(settings).open()
-    http = aiohttp.ClientSession()
-
-    async def start(**overrides: Any) -> Api:
-        s = settings.model_copy(update=overrides)
-        server = TestServer(create_api_app(s), host="127.0.0.1", port=0)
-        await server.start_server()
-        servers.append(server)
-        return Api(str(server.make_url("")).rstrip("/"), s, db, objects, http)
-
-    try:
-        yield start
-    finally:
-        for server in servers:
-            await server.close()
-        await http.close()
-        await objects.close()
-        await close_database(db)
+def _serving(settings: Settings) -> AbstractAsyncContextManager[MakeApi]:
+    return serving(settings, create_api_app, Api)
 
 
 @pytest_asyncio.fixture(loop_scope="session")

@@ -157,6 +157,18 @@ async def test_metadata_limits_are_inclusive(api: Api) -> None:
     assert batch.metadata == metadata
 
 
+@pytest.mark.parametrize(
+    "callback",
+    ["http://127.0.0.1:9/hook", "http://10.0.0.7/hook", "http://169.254.169.254/latest", "ftp://example.com/x"],
+)
+async def test_private_or_odd_callback_urls_are_refused(api: Api, callback: str) -> None:
+    key, _ = await api.key()
+    status, body = await create_raw(api, key, input_file_id=URL_INPUT, endpoint="/v1/chat/completions",
+                                    completion_window="24h", metadata={"callback_url": callback})
+    assert status == 400
+    assert body["error"]["param"] == "metadata.callback_url" and body["error"]["code"] == "url_not_allowed"
+
+
 async def test_url_inputs(api: Api) -> None:
     key, _ = await api.key()
     client = api.client(key)
