@@ -95,30 +95,25 @@ def _reject(config: ManagedServerConfig, fields: tuple[str, ...]) -> None:
         raise ValueError(f"the {config.preset!r} preset has no equivalent of {', '.join(given)}")
 
 
-def _fastdeploy(config: ManagedServerConfig, python: str, port: int) -> list[str]:
-    _reject(config, ("n_threads",))
-    argv = [python, "-m", "fastdeploy.entrypoints.openai.api_server", "--model", config.model,
-            "--host", config.host, "--port", str(port)]
-    _flag(argv, "--served-model-name", config.served_model_name)
-    _flag(argv, "--max-num-seqs", config.max_num_seqs)
-    _flag(argv, "--max-model-len", config.max_model_len)
-    _flag(argv, "--tensor-parallel-size", config.tensor_parallel_size)
-    _flag(argv, "--gpu-memory-utilization", config.gpu_memory_utilization)
-    _flag(argv, "--quantization", config.quantization)
-    return argv
+def _vllm_style(module: str) -> Callable[[ManagedServerConfig, str, int], list[str]]:
+    """FastDeploy's api_server deliberately mirrors vLLM's flags, so one builder serves both."""
+
+    def build(config: ManagedServerConfig, python: str, port: int) -> list[str]:
+        _reject(config, ("n_threads",))
+        argv = [python, "-m", module, "--model", config.model, "--host", config.host, "--port", str(port)]
+        _flag(argv, "--served-model-name", config.served_model_name)
+        _flag(argv, "--max-num-seqs", config.max_num_seqs)
+        _flag(argv, "--max-model-len", config.max_model_len)
+        _flag(argv, "--tensor-parallel-size", config.tensor_parallel_size)
+        _flag(argv, "--gpu-memory-utilization", config.gpu_memory_utilization)
+        _flag(argv, "--quantization", config.quantization)
+        return argv
+
+    return build
 
 
-def _vllm(config: ManagedServerConfig, python: str, port: int) -> list[str]:
-    _reject(config, ("n_threads",))
-    argv = [python, "-m", "vllm.entrypoints.openai.api_server", "--model", config.model,
-            "--host", config.host, "--port", str(port)]
-    _flag(argv, "--served-model-name", config.served_model_name)
-    _flag(argv, "--max-num-seqs", config.max_num_seqs)
-    _flag(argv, "--max-model-len", config.max_model_len)
-    _flag(argv, "--tensor-parallel-size", config.tensor_parallel_size)
-    _flag(argv, "--gpu-memory-utilization", config.gpu_memory_utilization)
-    _flag(argv, "--quantization", config.quantization)
-    return argv
+_fastdeploy = _vllm_style("fastdeploy.entrypoints.openai.api_server")
+_vllm = _vllm_style("vllm.entrypoints.openai.api_server")
 
 
 def _sglang(config: ManagedServerConfig, python: str, port: int) -> list[str]:
