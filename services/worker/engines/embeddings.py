@@ -13,12 +13,10 @@ entry sets `truncate = true`.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import logging
 import os
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -29,6 +27,7 @@ from schemas.inference import EMBEDDINGS, EmbeddingRequest
 from services.worker.engines.base import Engine, EngineRequest, EngineResult, EngineUnavailable, bad_request
 from services.worker.engines.cpu_threads import default_threads
 from services.worker.engines.model_files import MINILM_DIR, resolve_model_path
+from services.worker.engines.model_thread import ModelThread
 from services.worker.engines.openai_params import check_extra_fields, new_request_id, parse_body
 from services.worker.engines.registry import EngineOptions
 
@@ -73,7 +72,7 @@ class EmbeddingsEngine(Engine):
         self.options = EmbeddingsOptions.parse(model, options)
         super().__init__(model, **self.options.engine_kwargs())
         self._st: SentenceTransformer | None = None
-        self._executor: ThreadPoolExecutor | None = None
+        self._thread = ModelThread(f"embeddings-{model}")
         self.dimensions = 0
         self.max_seq_length = 0
 
@@ -84,13 +83,7 @@ class EmbeddingsEngine(Engine):
     async def start(self) -> None:
         if self._st is not None:
             return
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"embeddings-{self.model}")
-        try:
-            await asyncio.get_running_loop().run_in_executor(self._executor, self._load)
-        except BaseException:
-            self._executor.shutdown(wait=False)
-            self._executor = None
-            raise
+        await self._thread.start(self._load)
 
     def _load(self) -> None:
         # Weights are local; this stops transformers from asking a hub about them at all.
@@ -113,10 +106,8 @@ class EmbeddingsEngine(Engine):
                  self.dimensions, self.max_seq_length)
 
     async def close(self) -> None:
-        executor, self._executor = self._executor, None
         self._st = None
-        if executor is not None:
-            executor.shutdown(wait=True)
+        await self._thread.stop()
 
     # --- requests ---------------------------------------------------------------------------
 
@@ -160,13 +151,13 @@ class EmbeddingsEngine(Engine):
         return (await self.infer_many([request]))[0]
 
     async def infer_many(self, requests: Sequence[EngineRequest]) -> list[EngineResult]:
-        if self._st is None or self._executor is None:
+        if self._st is None or not self._thread.running:
             raise EngineUnavailable(f"engine for {self.model!r} is not started")
         parsed = [self._parse(r) for r in requests]
         jobs = [p for p in parsed if isinstance(p, _Parsed)]
         if not jobs:
             return parsed  # type: ignore[return-value]
-        answers = await asyncio.get_running_loop().run_in_executor(self._executor, self._embed, jobs)
+        answers = await self._thread.run(self._embed, jobs)
         it = iter(answers)
         return [next(it) if isinstance(p, _Parsed) else p for p in parsed]
 

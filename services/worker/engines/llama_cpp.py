@@ -13,14 +13,12 @@ defaults rather than the chat handler's (which adds a repeat penalty of 1.1).
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import os
 import secrets
 import time
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -31,6 +29,7 @@ from services.settings import get_settings
 from services.worker.engines.base import Engine, EngineRequest, EngineResult, EngineUnavailable, bad_request
 from services.worker.engines.cpu_threads import default_threads
 from services.worker.engines.model_files import SMOLLM2_GGUF, resolve_model_path
+from services.worker.engines.model_thread import ModelThread
 from services.worker.engines.openai_params import (
     check_extra_fields,
     new_request_id,
@@ -106,7 +105,7 @@ class LlamaCppEngine(Engine):
         self.options = LlamaCppOptions.parse(model, options)
         super().__init__(model, **self.options.engine_kwargs())
         self._llama: Llama | None = None
-        self._executor: ThreadPoolExecutor | None = None
+        self._thread = ModelThread(f"llama-cpp-{model}")
         self._formatter: Any = None
         self._json_grammar: LlamaGrammar | None = None
         self.n_threads = self.options.n_threads or get_settings().llama_threads or default_threads()
@@ -120,13 +119,7 @@ class LlamaCppEngine(Engine):
     async def start(self) -> None:
         if self._llama is not None:
             return
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"llama-cpp-{self.model}")
-        try:
-            await asyncio.get_running_loop().run_in_executor(self._executor, self._load)
-        except BaseException:
-            self._executor.shutdown(wait=False)
-            self._executor = None
-            raise
+        await self._thread.start(self._load)
 
     def _load(self) -> None:
         from llama_cpp import Llama
@@ -162,20 +155,15 @@ class LlamaCppEngine(Engine):
                  self.options.n_ctx, self.n_threads)
 
     async def close(self) -> None:
-        executor, self._executor = self._executor, None
-        if executor is None:
-            return
         llama, self._llama = self._llama, None
-        if llama is not None:
-            # Freed on the generation thread, after any call still running there.
-            await asyncio.get_running_loop().run_in_executor(executor, llama.close)
-        executor.shutdown(wait=True)
+        # Freed on the generation thread, after any call still running there.
+        await self._thread.stop(llama.close if llama is not None else None)
 
     # --- requests ---------------------------------------------------------------------------
 
     async def infer(self, request: EngineRequest) -> EngineResult:
         request_id = new_request_id()
-        if self._llama is None or self._executor is None:
+        if self._llama is None or not self._thread.running:
             raise EngineUnavailable(f"engine for {self.model!r} is not started")
         if request.endpoint == CHAT_COMPLETIONS:
             plan = self._plan_chat(request.body, request_id)
@@ -188,8 +176,7 @@ class LlamaCppEngine(Engine):
                                param="url", code="unsupported_endpoint")
         if isinstance(plan, EngineResult):
             return plan
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, self._guarded, job, plan, request_id)
+        return await self._thread.run(self._guarded, job, plan, request_id)
 
     def _guarded(self, job: Any, plan: Any, request_id: str) -> EngineResult:
         try:
