@@ -39,7 +39,7 @@ import orjson
 
 from infra.launcher import Launcher, Ports
 from services.api.process import ApiProcess
-from services.dispatcher.process import ServiceProcess
+from services.child_process import ServiceProcess
 from services.http.auth import ApiKeyStore
 from services.settings import Settings
 from services.stores.mongo import close_database, open_database

@@ -26,8 +26,8 @@ import tomli_w
 from aiohttp import web
 
 from services.api.process import ApiProcess
+from services.child_process import ServiceProcess
 from services.dispatcher.ledger import ChunkLedger
-from services.dispatcher.process import ServiceProcess
 from services.http.auth import ApiKeyStore
 from services.settings import Settings
 from services.stores.mongo import close_database, open_database

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from services.dispatcher.process import ServiceProcess
+from services.child_process import ServiceProcess
 from services.notifier.deliveries import DeliveryStore
 from services.settings import Settings
 from services.stores.mongo import close_database, open_database

@@ -1,15 +1,17 @@
-"""Run `offhours dispatcher` / `offhours worker` as child processes: for tests that SIGKILL them, and benchmarks.
+"""Run an `offhours` command as a child process: for tests that SIGKILL services, and benchmarks.
 
-Like services/api/process.py (whose `settings_env` it uses), the child is configured only through
-the environment, so what runs is exactly what a deployment runs. Each child serves /healthz on a
+The child is configured only through the environment (`settings_env`), the way offhours reads
+configuration, so what runs is exactly what a deployment runs. Each child serves /healthz on a
 port of its own, which is also how `start()` knows it is up.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -18,9 +20,47 @@ from pathlib import Path
 from typing import IO, Self
 
 import aiohttp
+from pydantic import AliasChoices, SecretStr
+from pydantic_settings import NoDecode
 
-from services.api.process import free_port, settings_env
 from services.settings import Settings
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """Environment variables that make a child process's `Settings()` equal `settings`.
+
+    Fields left at None are omitted (the child then uses the field's default).
+    """
+    env: dict[str, str] = {}
+    prefix = Settings.model_config.get("env_prefix", "")
+    for name, info in Settings.model_fields.items():
+        value = getattr(settings, name)
+        if value is None:
+            continue
+        alias = info.validation_alias
+        var = str(alias.choices[0]) if isinstance(alias, AliasChoices) else f"{prefix}{name}".upper()
+        if isinstance(value, list | tuple | set | frozenset | dict):
+            # pydantic-settings reads complex fields as JSON, except NoDecode ones (comma lists here).
+            items = [_env_value(v) for v in value] if not isinstance(value, dict) else value
+            env[var] = ",".join(items) if NoDecode in info.metadata else json.dumps(items)
+        else:
+            env[var] = _env_value(value)
+    return env
+
+
+def _env_value(value: object) -> str:
+    if isinstance(value, SecretStr):
+        return value.get_secret_value()
+    if isinstance(value, bool):
+        return str(value).lower()
+    return str(value)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
 
 _FOREIGN_ENV = ("OFFHOURS_", "AWS_", "S3_", "MONGODB_", "KAFKA_")
 
@@ -30,14 +70,17 @@ class ServiceProcess:
 
     def __init__(
         self, settings: Settings, command: Sequence[str], *, name: str | None = None, log_file: Path | None = None,
-        env: dict[str, str] | None = None,
+        env: dict[str, str] | None = None, port: int | None = None, port_flag: str = "--metrics-port",
     ) -> None:
         self.settings = settings
         self.command = list(command)
         self.name = name or " ".join(command)
         self.log_file = log_file
         self.extra_env = env or {}
-        self.port = free_port()
+        # A fixed port survives restarts (a client keeps its URL); otherwise each spawn picks a free one.
+        self._fixed_port = port
+        self.port = port or free_port()
+        self.port_flag = port_flag
         self.proc: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
 
@@ -67,9 +110,9 @@ class ServiceProcess:
         env.setdefault("TRANSFORMERS_OFFLINE", "1")
         if self.log_file is not None:
             self._log = self.log_file.open("ab")
-        self.port = free_port()
+        self.port = self._fixed_port or free_port()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "services.cli.main", *self.command, "--metrics-port", str(self.port)],
+            [sys.executable, "-m", "services.cli.main", *self.command, self.port_flag, str(self.port)],
             env=env,
             stdout=self._log or subprocess.DEVNULL,
             stderr=subprocess.STDOUT if self._log else subprocess.DEVNULL,
