@@ -75,7 +75,3 @@ def error_line(
         "response": response,
         "error": {"code": code, "message": message, "param": param, "line": line},
     }
-
-
-def is_success(status_code: int) -> bool:
-    return 200 <= status_code < 300

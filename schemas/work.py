@@ -56,10 +56,6 @@ def chunk_id(batch_id: str, chunk: int) -> str:
     return f"{batch_id}:{chunk}"
 
 
-def batch_prefix(batch_id: str) -> str:
-    return f"batches/{batch_id}/"
-
-
 def url_input_key(batch_id: str) -> str:
     """Where the dispatcher stores the copy of a batch's URL input."""
     return f"batches/{batch_id}/input.jsonl"

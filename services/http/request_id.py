@@ -26,10 +26,6 @@ def new_request_id() -> str:
     return f"req_{secrets.token_hex(16)}"
 
 
-def request_id_of(request: web.Request) -> str:
-    return request.get(REQUEST_ID_KEY) or "-"
-
-
 @web.middleware
 async def request_id_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     incoming = request.headers.get(REQUEST_ID_HEADER, "")

@@ -20,7 +20,8 @@ from typing import Protocol
 
 import orjson
 
-from schemas.batch_lines import error_line
+from schemas.batch_lines import error_line, output_line
+from schemas.inference import usage_of
 from schemas.line_validation import LineIssue, ValidLine
 from services.worker.engines.base import Engine, EngineRequest, EngineResult
 
@@ -135,17 +136,14 @@ class Pipeline:
                 continue
             res = next(r)
             status = res.status_code
-            response = {"status_code": status, "request_id": res.request_id, "body": res.body}
             if 200 <= status < 300:
-                usage = res.body.get("usage") if type(res.body) is dict else None
-                if type(usage) is dict:
-                    inp, outp = usage.get("prompt_tokens"), usage.get("completion_tokens")
-                    input_tokens += inp if type(inp) is int else 0
-                    output_tokens += outp if type(outp) is int else 0
+                inp, outp = usage_of(res.body)
+                input_tokens += inp
+                output_tokens += outp
                 succeeded += 1
-                out.append(dumps({"id": line_id, "custom_id": it.custom_id, "response": response,
-                                  "error": None}))
+                out.append(dumps(output_line(line_id, it.custom_id, status, res.request_id, res.body)))
             else:
+                response = {"status_code": status, "request_id": res.request_id, "body": res.body}
                 code, message, param = _error_code(res)
                 failures[code] = failures.get(code, 0) + 1
                 err.append(dumps(error_line(line_id, it.custom_id, code, message, param=param, line=it.number,
