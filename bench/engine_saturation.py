@@ -34,8 +34,8 @@ from typing import Any
 
 import orjson
 
-from services.worker.engines.base import EngineRequest
-from services.worker.engines.registry import get_model
+from services.inference.engines.base import EngineRequest
+from services.inference.registry import get_model
 
 OFFHOURS = str(Path(sys.executable).with_name("offhours"))
 TOPICS = ["rivers", "bread", "volcanoes", "chess", "owls", "the moon", "bicycles", "tea", "glaciers", "jazz",

@@ -37,11 +37,11 @@ from events.bus import Producer
 from events.topics import batch_events_topic, ensure_topics
 from infra.launcher import Launcher, Ports
 from schemas.events import CLOUDEVENTS_CONTENT_TYPE, batch_event
-from services.batches.store import BATCHES_COLLECTION
 from services.notifier.endpoints import EndpointStore
 from services.notifier.secrets import SecretBox
 from services.notifier.service import Notifier
 from services.settings import Settings
+from services.state.batches import BATCHES_COLLECTION
 from services.stores.mongo import close_database, open_database
 
 PROJECT = "bench"

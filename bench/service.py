@@ -39,8 +39,8 @@ import orjson
 
 from infra.launcher import Launcher, Ports
 from services.api.process import ApiProcess
-from services.child_process import ServiceProcess
 from services.http.auth import ApiKeyStore
+from services.runtime.child_process import ServiceProcess
 from services.settings import Settings
 from services.stores.mongo import close_database, open_database
 from services.stores.s3 import ObjectStore

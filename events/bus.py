@@ -109,6 +109,19 @@ class Producer:
         return self._producer
 
 
+def consumer_options(settings: Settings) -> dict[str, Any]:
+    """The consumer settings the dispatcher, the workers and the notifier share (pass as overrides)."""
+    session_ms = int(settings.kafka_session_timeout_seconds * 1000)
+    return {
+        # Every hop of a batch (created event -> chunks -> results) is a fetch; a broker that sits on an
+        # empty fetch for the default 500 ms before answering (Tansu does) adds that to each hop.
+        "fetch_max_wait_ms": settings.kafka_fetch_max_wait_ms,
+        "session_timeout_ms": session_ms,
+        "heartbeat_interval_ms": max(500, session_ms // 3),
+        "max_poll_interval_ms": int(settings.kafka_max_poll_interval_seconds * 1000),
+    }
+
+
 class Consumer:
     """A consumer-group member with manual commits.
 

@@ -1,4 +1,7 @@
-"""The three line formats of a batch: the input line, the output line and the error line.
+"""The line formats a batch writes: the output line and the error line.
+
+The input line is defined by its validator, schemas/line_validation.py: every way a line can be
+wrong needs its own located error code, which a pydantic model's errors would not give.
 
 Output and error lines share one shape (as in OpenAI's and Bailian's files):
 `{"id", "custom_id", "response": {"status_code", "request_id", "body"} | null, "error": {...} | null}`.
@@ -12,18 +15,9 @@ pydantic models are the reference definition and what tests validate against.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict
-
-
-class BatchInputLine(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    custom_id: str
-    method: Literal["POST"]
-    url: str
-    body: dict[str, Any]
+from pydantic import BaseModel
 
 
 class LineResponse(BaseModel):

@@ -12,7 +12,8 @@ chunk, a re-run finalize or a restarted process writes exactly the same names.
 
 from __future__ import annotations
 
-from typing import Literal
+from collections.abc import Mapping
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
@@ -59,6 +60,12 @@ def chunk_id(batch_id: str, chunk: int) -> str:
 def url_input_key(batch_id: str) -> str:
     """Where the dispatcher stores the copy of a batch's URL input."""
     return f"batches/{batch_id}/input.jsonl"
+
+
+def input_object_key(batch: Mapping[str, Any]) -> str:
+    """The S3 object a batch's chunks are byte ranges of: the stored file, or the copy of its URL input."""
+    source = batch.get("input") or {}
+    return url_input_key(batch["_id"]) if source.get("kind") == "url" else str(source["key"])
 
 
 def parts_prefix(batch_id: str) -> str:

@@ -1,11 +1,11 @@
-"""`offhours api` as a child process (services/child_process.py): for tests that kill it, and benchmarks."""
+"""`offhours api` as a child process (services/runtime/child_process.py): for tests that kill it, and benchmarks."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Self
 
-from services.child_process import ServiceProcess
+from services.runtime.child_process import ServiceProcess
 from services.settings import Settings
 
 

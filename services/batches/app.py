@@ -16,12 +16,12 @@ from events.topics import batch_events_topic, ensure_topics
 from services.batches.context import BATCHES_KEY, BatchesContext, LimitedModels
 from services.batches.handlers import add_batch_routes
 from services.batches.models_route import add_model_routes
-from services.batches.outbox import EventPublisher
-from services.batches.store import BatchStore
-from services.files.store import FileStore
 from services.http.health import add_health_check
 from services.http.service import DB_KEY, OBJECTS_KEY, SETTINGS_KEY, create_service_app
 from services.settings import Settings
+from services.state.batches import BatchStore
+from services.state.files import FileStore
+from services.state.outbox import EventPublisher
 
 
 async def _batches_ctx(app: web.Application) -> AsyncIterator[None]:

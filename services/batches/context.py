@@ -7,12 +7,12 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from schemas.inference import CHAT_DS_TEST
-from services.batches.outbox import EventPublisher
-from services.batches.store import BatchStore
-from services.files.store import FileStore
+from services.inference.registry import load_registry
 from services.settings import Settings
+from services.state.batches import BatchStore
+from services.state.files import FileStore
+from services.state.outbox import EventPublisher
 from services.stores.s3 import ObjectStore
-from services.worker.engines.registry import load_registry
 
 
 @dataclass(frozen=True)

@@ -17,13 +17,13 @@ from schemas.inference import CHAT_DS_TEST
 from schemas.openai_objects import TERMINAL_STATUSES, Batch, BatchList
 from services.batches.context import BATCHES_KEY, BatchesContext
 from services.batches.peek import first_line, model_of_line
-from services.batches.store import CursorNotFound, Doc, new_batch_document, new_batch_id, to_api
 from services.http.auth import project_of
 from services.http.errors import APIError, invalid_request, not_found
 from services.http.openapi import operation
 from services.http.pagination import page_body
 from services.http.params import json_object, parse_fields
-from services.notifier.url_guard import URLPolicy, URLRefused, check_url
+from services.http.url_guard import URLPolicy, URLRefused, check_url
+from services.state.batches import CursorNotFound, Doc, new_batch_document, new_batch_id, to_api
 from services.stores.s3 import ObjectNotFound
 
 log = logging.getLogger(__name__)

@@ -9,10 +9,10 @@ from __future__ import annotations
 from aiohttp import web
 
 from schemas.openai_objects import Model, ModelList, dump
-from services.batches.live_models import LiveModel, live_models
 from services.http.errors import not_found
 from services.http.openapi import operation
 from services.http.service import DB_KEY, SETTINGS_KEY
+from services.state.workers import LiveModel, live_models
 
 TAGS = ("models",)
 

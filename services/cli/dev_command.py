@@ -134,7 +134,7 @@ def _stop_all(children: list[Child], grace: float = 15.0) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     from infra.launcher import Launcher
-    from services.worker.engines.registry import load_registry
+    from services.inference.registry import load_registry
 
     base = get_settings()
     state_dir = (args.state_dir or base.state_dir).resolve()

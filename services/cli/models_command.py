@@ -1,4 +1,4 @@
-"""`offhours models` — list the model registry (services/worker/models.toml or OFFHOURS_MODELS_FILE)."""
+"""`offhours models` — list the model registry (services/inference/models.toml or OFFHOURS_MODELS_FILE)."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 def _rows(models_file: Path | None) -> list[dict[str, Any]]:
     # Lazy: listing must not import torch or llama.cpp, and the registry module does not.
-    from services.worker.engines.registry import ENGINE_KINDS, load_registry
+    from services.inference.registry import ENGINE_KINDS, load_registry
 
     rows = []
     for spec in load_registry(models_file).values():
@@ -39,8 +39,8 @@ def _rows(models_file: Path | None) -> list[dict[str, Any]]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from services.inference.registry import RegistryError
     from services.settings import get_settings
-    from services.worker.engines.registry import RegistryError
 
     try:
         rows = _rows(args.models_file or get_settings().models_file)

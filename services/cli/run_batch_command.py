@@ -121,7 +121,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
              "name (e.g. --model batch-test-model)")
     run.add_argument(
         "--models-file", type=Path, metavar="PATH",
-        help="the model registry to read instead of the built-in services/worker/models.toml "
+        help="the model registry to read instead of the built-in services/inference/models.toml "
              "(default: OFFHOURS_MODELS_FILE; e.g. --models-file my-models.toml)")
     run.add_argument(
         "--endpoint", metavar="URL",

@@ -7,7 +7,7 @@ import asyncio
 
 from services.settings import get_settings
 
-HELP = "Run an inference worker for one model of the registry (services/worker/models.toml)."
+HELP = "Run an inference worker for one model of the registry (services/inference/models.toml)."
 
 DESCRIPTION = """\
 Loads the model's engine, joins the consumer group of {prefix}.work.<model>, and runs the chunks
@@ -37,7 +37,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 def run(args: argparse.Namespace) -> int:
     from services.http.logging_setup import configure_logging
-    from services.worker.engines.registry import RegistryError
+    from services.inference.registry import RegistryError
     from services.worker.main import run_worker
 
     if args.concurrency is not None and args.concurrency < 1:

@@ -27,14 +27,13 @@ import orjson
 
 from schemas.batch_lines import error_line
 from schemas.line_validation import LineValidator
-from schemas.work import line_id, parts_prefix
-from services.batches.outbox import EventPublisher
-from services.batches.store import BatchStore
-from services.dispatcher.ledger import PENDING, ChunkLedger
-from services.dispatcher.validate import input_object_key
-from services.files.store import FileStore, object_key
+from schemas.work import input_object_key, line_id, parts_prefix
+from services.state.batches import BatchStore
+from services.state.chunk_objects import PartWriter, iter_raw_lines
+from services.state.files import FileStore, object_key
+from services.state.ledger import PENDING, ChunkLedger
+from services.state.outbox import EventPublisher
 from services.stores.s3 import ObjectNotFound, ObjectStore
-from services.worker.chunk_io import PartWriter, iter_raw_lines
 
 log = logging.getLogger(__name__)
 

@@ -3,37 +3,18 @@
 from __future__ import annotations
 
 import asyncio
-import gc
 import logging
-import signal
 
 from events.bus import Producer
-from services.dispatcher.app import OpsServer, create_ops_app, metrics_registry
 from services.dispatcher.service import Dispatcher
-from services.files.store import FileStore
+from services.runtime.ops import OpsServer, create_ops_app, metrics_registry
+from services.runtime.process import install_stop_signals, tune_gc
 from services.settings import Settings
+from services.state.files import FileStore
 from services.stores.mongo import close_database, open_database
 from services.stores.s3 import ObjectStore
 
 log = logging.getLogger(__name__)
-
-
-def tune_gc() -> None:
-    """Fewer garbage-collector passes on the per-line hot paths (validation pass, chunk pipeline).
-
-    Each line allocates a few short-lived dicts; with the default thresholds the collector keeps
-    re-walking everything alive (the same 15-20 % run-batch measured). Start-up objects (modules,
-    an engine's weights) are frozen out of collection: they are never garbage.
-    """
-    gc.freeze()
-    gc.set_threshold(50_000, 20, 100)
-
-
-def install_stop_signals(stop: asyncio.Event) -> None:
-    """SIGTERM / SIGINT set `stop`: the loops finish the record in hand (uncommitted work is redelivered)."""
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
 
 
 async def run_dispatcher(settings: Settings, *, metrics_port: int | None = None) -> int:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -29,42 +30,29 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from pydantic import ValidationError
 from pymongo.asynchronous.database import AsyncDatabase
 
-from events.bus import Consumer, Producer
+from events.bus import Consumer, Producer, consumer_options
 from events.topics import batch_events_topic, ensure_topics, work_results_topic, work_topic
-from schemas.work import WorkChunk, WorkResult, chunk_id
-from services.batches.live_models import live_models
-from services.batches.outbox import EventPublisher
-from services.batches.store import BatchStore
+from schemas.work import WorkChunk, WorkResult, chunk_id, input_object_key
 from services.dispatcher.finalize import OUTCOME_FIELD, Finalizer, Outcome, release_input
-from services.dispatcher.ledger import ChunkLedger, ChunkPlan
 from services.dispatcher.progress import ProgressThrottle
-from services.dispatcher.validate import InputLimits, input_object_key, located, run_pass
-from services.files.store import FileStore
+from services.dispatcher.validate import InputLimits, located, run_pass
+from services.inference.registry import ModelSpec, load_registry
+from services.runtime.retry import Stopped, retry_until_stopped
 from services.settings import Settings
+from services.state.batches import BatchStore
+from services.state.files import FileStore
+from services.state.ledger import ChunkLedger, ChunkPlan
+from services.state.outbox import EventPublisher
+from services.state.workers import live_models
 from services.stores.s3 import ObjectStore
-from services.worker.engines.registry import ModelSpec, RegistryError, load_registry
 
 log = logging.getLogger(__name__)
 
 _PUBLISH_WINDOW = 256  # chunk messages in flight at once while dispatching a batch
-_MAX_BACKOFF_S = 30.0
 
 
 def dispatcher_group(settings: Settings) -> str:
     return f"{settings.topic_prefix}-dispatcher"
-
-
-def consumer_options(settings: Settings) -> dict[str, Any]:
-    """Kafka consumer settings the dispatcher and the workers share."""
-    session_ms = int(settings.kafka_session_timeout_seconds * 1000)
-    return {
-        # Every hop of a batch (created event -> chunks -> results) is a fetch; a broker that sits on an
-        # empty fetch for the default 500 ms before answering (Tansu does) adds that to each hop.
-        "fetch_max_wait_ms": settings.kafka_fetch_max_wait_ms,
-        "session_timeout_ms": session_ms,
-        "heartbeat_interval_ms": max(500, session_ms // 3),
-        "max_poll_interval_ms": int(settings.kafka_max_poll_interval_seconds * 1000),
-    }
 
 
 class DispatcherMetrics:
@@ -90,6 +78,8 @@ class Dispatcher:
         files: FileStore, registry: CollectorRegistry | None = None,
     ) -> None:
         self.settings = settings
+        # Read once: a broken models file stops start-up rather than each batch (RegistryError).
+        self.models = load_registry(settings.models_file)
         self.db = db
         self.store = store
         self.producer = producer
@@ -149,13 +139,7 @@ class Dispatcher:
             await self._publish_chunks(doc, str(doc["model"]), pending)
 
     def _model_spec(self, model: str | None) -> ModelSpec | None:
-        if model is None:
-            return None
-        try:
-            return load_registry(self.settings.models_file).get(model)
-        except RegistryError:
-            log.warning("cannot read the model registry", exc_info=True)
-            return None
+        return None if model is None else self.models.get(model)
 
     def _limits(self, spec: ModelSpec | None) -> InputLimits:
         s = self.settings
@@ -336,10 +320,8 @@ class Dispatcher:
     async def sweep(self, *, first: bool = False) -> None:
         """Expiry, cancel timeout, orphaned finalizes, lost finalize triggers, stale outbox events."""
         now = time.time()
-        coll = self.batches.collection
-        projection = {"status": 1, "expires_at": 1, "cancelling_at": 1, "finalizing_at": 1, OUTCOME_FIELD: 1}
-        cursor = coll.find({"status": {"$in": ["in_progress", "cancelling", "finalizing"]}}, projection)
-        async for doc in cursor:
+        fields = ("status", "expires_at", "cancelling_at", "finalizing_at", OUTCOME_FIELD)
+        async for doc in self.batches.in_statuses(("in_progress", "cancelling", "finalizing"), fields):
             batch_id, status = doc["_id"], doc["status"]
             if batch_id in self._finalizing:
                 continue
@@ -401,7 +383,12 @@ class Dispatcher:
         while not stop.is_set():
             records = await consumer.getmany(timeout_ms=500)
             for record in records:
-                if not await _until_handled(handle, record, stop):
+                # Retried in place, not skipped: one batch's events stay in sequence. Stopped first:
+                # the record stays uncommitted and is redelivered.
+                try:
+                    await retry_until_stopped(functools.partial(handle, record), stop=stop,
+                                              what=f"handling {record.topic} offset {record.offset}")
+                except Stopped:
                     return
             if records:
                 await consumer.commit(records)
@@ -416,30 +403,6 @@ class Dispatcher:
                 log.exception("sweep failed; retrying at the next interval")
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), self.settings.sweep_interval_seconds)
-
-
-async def _until_handled(
-    handle: Callable[[ConsumerRecord[bytes, bytes]], Awaitable[None]], record: ConsumerRecord[bytes, bytes],
-    stop: asyncio.Event,
-) -> bool:
-    """Handle a record, retrying with backoff on errors (MongoDB, S3 or Kafka briefly unavailable).
-
-    False when `stop` was set before it succeeded: the record stays uncommitted and is redelivered.
-    Retrying in place (rather than skipping) keeps the partition's order: one batch's events stay
-    in sequence.
-    """
-    delay = 0.5
-    while True:
-        try:
-            await handle(record)
-            return True
-        except Exception:
-            log.exception("handling %s offset %d failed; retrying in %.1fs", record.topic, record.offset, delay)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), delay)
-        if stop.is_set():
-            return False
-        delay = min(delay * 2, _MAX_BACKOFF_S)
 
 
 def _plan(doc: dict[str, Any]) -> ChunkPlan:

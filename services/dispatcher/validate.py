@@ -22,8 +22,8 @@ import aiohttp
 
 from schemas.jsonl import LineSplitter, RawLine
 from schemas.line_validation import LineIssue, LineValidator
-from schemas.work import url_input_key
-from services.dispatcher.ledger import ChunkPlan
+from schemas.work import input_object_key
+from services.state.ledger import ChunkPlan
 from services.stores.s3 import ObjectNotFound, ObjectStore
 
 log = logging.getLogger(__name__)
@@ -49,7 +49,6 @@ class PassResult:
     requests: int = 0
     bytes: int = 0
     model: str | None = None
-    input_key: str | None = None  # the S3 object the chunks' byte ranges refer to
 
     @property
     def ok(self) -> bool:
@@ -170,12 +169,6 @@ class InputCheck:
         return result
 
 
-def input_object_key(batch: dict[str, Any]) -> str:
-    """The S3 object a batch's chunks are byte ranges of: the stored file, or the copy of its URL input."""
-    source = batch.get("input") or {}
-    return url_input_key(batch["_id"]) if source.get("kind") == "url" else str(source["key"])
-
-
 class InputUnavailable(RuntimeError):
     """The input could not be read (URL unreachable or answered an error, object gone)."""
 
@@ -237,6 +230,4 @@ async def run_pass(
                                           param="input_file_id")])
     if not check.done:
         check.add_lines(splitter.finish())
-    result = check.finish()
-    result.input_key = key
-    return result
+    return check.finish()

@@ -11,10 +11,10 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from services.files.routes import FILE_STORE_KEY, add_routes
-from services.files.store import FileStore
 from services.files.sweeper import sweeper_ctx
 from services.http.service import DB_KEY, OBJECTS_KEY, SETTINGS_KEY, create_service_app
 from services.settings import Settings
+from services.state.files import FileStore
 
 
 async def _file_store(app: web.Application) -> AsyncIterator[None]:

@@ -10,13 +10,13 @@ from aiohttp.helpers import content_disposition_header
 
 from schemas.api_params import FileListParams, FileUploadForm
 from schemas.openai_objects import FileDeleted, FileList, FileObject, dump
-from services.files.store import FileRecord, FileStore
 from services.files.upload import receive_upload
 from services.http.auth import project_of
 from services.http.errors import APIError, not_found
 from services.http.openapi import BINARY, operation
 from services.http.params import parse_query
 from services.http.service import SETTINGS_KEY
+from services.state.files import FileRecord, FileStore
 from services.stores.s3 import ObjectNotFound
 
 log = logging.getLogger(__name__)

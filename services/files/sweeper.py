@@ -15,8 +15,8 @@ from collections.abc import AsyncIterator, Callable
 
 from aiohttp import web
 
-from services.files.store import FileStore
 from services.settings import Settings
+from services.state.files import FileStore
 
 log = logging.getLogger(__name__)
 

@@ -23,10 +23,10 @@ from aiohttp.http_exceptions import HttpProcessingError
 
 from schemas.api_params import FileUploadFields
 from services.files.jsonl_shape import JsonlShapeCheck, ShapeError
-from services.files.store import FileRecord, FileStore, PendingUpload, new_file_id
 from services.http.errors import APIError, invalid_request, too_large
 from services.http.params import parse_fields
 from services.settings import Settings
+from services.state.files import FileRecord, FileStore, PendingUpload, new_file_id
 from services.stores.s3 import MultipartWriter
 
 log = logging.getLogger(__name__)

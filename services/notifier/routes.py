@@ -43,12 +43,12 @@ from services.http.openapi import operation
 from services.http.pagination import fetch_page, page_body
 from services.http.params import json_object, parse_fields
 from services.http.service import DB_KEY, SETTINGS_KEY
+from services.http.url_guard import URLPolicy, URLRefused, check_url
 from services.notifier.deliveries import DeliveryInFlight, DeliveryStore, delivery_to_api
 from services.notifier.endpoints import EndpointStore, active_secrets, endpoint_to_api
 from services.notifier.secrets import SecretBox
 from services.notifier.sender import Sender
 from services.notifier.signing import webhook_headers
-from services.notifier.url_guard import URLPolicy, URLRefused, check_url
 from services.settings import Settings
 
 log = logging.getLogger(__name__)

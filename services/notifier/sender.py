@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 
 import aiohttp
 
-from services.notifier.url_guard import GuardedResolver, URLPolicy, URLRefused, check_literal
+from services.http.url_guard import GuardedResolver, URLPolicy, URLRefused, check_literal
 from services.settings import Settings
 
 USER_AGENT = "offhours-webhooks/1"

@@ -47,7 +47,6 @@ from pymongo.asynchronous.database import AsyncDatabase
 from events.bus import Consumer
 from events.topics import batch_events_topic, ensure_topics
 from schemas.events import DEFAULT_WEBHOOK_EVENTS, CloudEvent, WebhookEvent
-from services.batches.store import BATCHES_COLLECTION
 from services.notifier.deliveries import (
     CALLBACK_TARGET,
     DeliveryStore,
@@ -64,6 +63,7 @@ from services.notifier.secrets import SecretBox, SecretKeyError
 from services.notifier.sender import Sender, SendResult
 from services.notifier.signing import webhook_headers
 from services.settings import Settings
+from services.state.batches import BatchStore
 
 log = logging.getLogger(__name__)
 
@@ -168,6 +168,7 @@ class Notifier:
         self.box = box or SecretBox.from_settings(settings)
         self.endpoints = EndpointStore(db, self.box)
         self.deliveries = DeliveryStore(db)
+        self.batches = BatchStore(db)
         self.sender = Sender.from_settings(settings)
         self.pool = DeliveryPool(
             per_target=settings.webhook_max_concurrency_per_endpoint,
@@ -341,9 +342,8 @@ class Notifier:
                 found[batch_id] = project
                 self._projects.move_to_end(batch_id)
         if missing:
-            cursor = self.db[BATCHES_COLLECTION].find({"_id": {"$in": missing}}, {"project": 1})
-            async for doc in cursor:
-                found[doc["_id"]] = self._projects[doc["_id"]] = str(doc["project"])
+            for batch_id, project in (await self.batches.projects_of(missing)).items():
+                found[batch_id] = self._projects[batch_id] = project
             while len(self._projects) > _PROJECT_CACHE:
                 self._projects.popitem(last=False)
         return found

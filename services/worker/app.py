@@ -6,7 +6,7 @@ import time
 
 from aiohttp import web
 
-from services.dispatcher.app import create_ops_app
+from services.runtime.ops import create_ops_app
 from services.stores.s3 import ObjectStore
 from services.worker.heartbeat import Heartbeat
 
@@ -18,7 +18,7 @@ def create_worker_app(heartbeat: Heartbeat, store: ObjectStore) -> web.Applicati
             raise RuntimeError("no successful heartbeat recently")
 
     return create_ops_app({
-        "mongo": lambda: heartbeat.collection.database.command("ping"),
+        "mongo": heartbeat.store.ping,
         "s3": lambda: store.client.head_bucket(Bucket=store.bucket),
         "heartbeat": heartbeat_fresh,
     })

@@ -1,8 +1,7 @@
-"""Worker heartbeats: one document per worker in `workers`, refreshed every few seconds.
+"""Worker heartbeats: this worker's document in `workers` (services/state/workers.py), refreshed every few seconds.
 
-`GET /v1/models` and the dispatcher's "is this model served?" check (services/batches/live_models.py)
-read these: a model is served while one of its workers was seen within `worker_liveness_seconds`.
-A worker that shuts down cleanly removes its document at once; one that dies simply ages out.
+`GET /v1/models` and the dispatcher's "is this model served?" check read these: a model is served
+while one of its workers was seen within `worker_liveness_seconds`.
 """
 
 from __future__ import annotations
@@ -19,7 +18,7 @@ from typing import Any
 
 from pymongo.asynchronous.database import AsyncDatabase
 
-from services.batches.live_models import WORKERS_COLLECTION
+from services.state.workers import WorkerStore
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +32,7 @@ class Heartbeat:
         self, db: AsyncDatabase[Any], *, worker_id: str, model: str, endpoints: Iterable[str], interval_s: float,
         stats: Callable[[], dict[str, Any]] | None = None,
     ) -> None:
-        self.collection = db[WORKERS_COLLECTION]
+        self.store = WorkerStore(db)
         self.worker_id = worker_id
         self.model = model
         self.endpoints = sorted(endpoints)
@@ -53,7 +52,7 @@ class Heartbeat:
         }
         if self.stats is not None:
             fields["stats"] = self.stats()
-        await self.collection.update_one({"_id": self.worker_id}, {"$set": fields}, upsert=True)
+        await self.store.beat(self.worker_id, fields)
         self.last_ok = time.monotonic()
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -69,6 +68,6 @@ class Heartbeat:
     async def remove(self) -> None:
         """Forget this worker now (clean shutdown), so /v1/models does not list it for another 30 s."""
         try:
-            await self.collection.delete_one({"_id": self.worker_id})
+            await self.store.remove(self.worker_id)
         except Exception:
             log.warning("removing the heartbeat of %s failed; it will age out", self.worker_id, exc_info=True)

@@ -7,13 +7,13 @@ import contextlib
 import logging
 
 from events.bus import Producer
-from services.dispatcher.app import OpsServer, metrics_registry
-from services.dispatcher.main import install_stop_signals, tune_gc
+from services.inference.registry import get_model
+from services.runtime.ops import OpsServer, metrics_registry
+from services.runtime.process import install_stop_signals, tune_gc
 from services.settings import Settings
 from services.stores.mongo import close_database, open_database
 from services.stores.s3 import ObjectStore
 from services.worker.app import create_worker_app
-from services.worker.engines.registry import get_model
 from services.worker.heartbeat import Heartbeat, new_worker_id
 from services.worker.service import Worker
 

@@ -15,7 +15,7 @@ one of them.
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import functools
 import logging
 import time
 import uuid
@@ -27,22 +27,22 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from pydantic import ValidationError
 from pymongo.asynchronous.database import AsyncDatabase
 
-from events.bus import Consumer, Producer
+from events.bus import Consumer, Producer, consumer_options
 from events.topics import ensure_topics, sanitize_topic_component, work_results_topic, work_topic
 from schemas.work import WorkChunk, WorkResult, line_id_prefix, part_keys
-from services.batches.store import BatchStore
-from services.dispatcher.ledger import PENDING, ChunkLedger
-from services.dispatcher.service import consumer_options
+from services.inference.engines.base import Engine
+from services.inference.pipeline import Pipeline
+from services.runtime.retry import Stopped, retry_until_stopped
 from services.settings import Settings
+from services.state.batches import BatchStore
+from services.state.chunk_objects import PartWriter
+from services.state.ledger import PENDING, ChunkLedger
 from services.stores.s3 import ObjectStore
-from services.worker.chunk_io import PartWriter, read_chunk_items
-from services.worker.engines.base import Engine
-from services.worker.pipeline import Pipeline
+from services.worker.chunk_io import read_chunk_items
 
 log = logging.getLogger(__name__)
 
 RUNNABLE_STATUSES = frozenset({"validating", "in_progress"})
-_MAX_BACKOFF_S = 30.0
 
 
 def worker_group(settings: Settings, model: str) -> str:
@@ -99,12 +99,12 @@ class Worker:
         if entry is None or entry.get("status") != PENDING:
             self.metrics.chunks.labels("stale").inc()
             return None
-        batch = await self.batches.collection.find_one({"_id": chunk.batch_id}, {"status": 1})
-        if batch is None:
+        status = await self.batches.status(chunk.batch_id)
+        if status is None:
             self.metrics.chunks.labels("stale").inc()
             return None
         attempt = uuid.uuid4().hex[:12]
-        if batch["status"] not in RUNNABLE_STATUSES:
+        if status not in RUNNABLE_STATUSES:
             self.metrics.chunks.labels("skipped").inc()
             return WorkResult(batch_id=chunk.batch_id, chunk=chunk.chunk, attempt=attempt, outcome="skipped",
                               worker=self.worker_id)
@@ -216,20 +216,15 @@ class Worker:
         True once handled; False when `stop` came first (the record stays uncommitted and is
         redelivered to whoever owns the partition next).
         """
-        delay = 0.5
-        while True:
-            try:
-                await self.handle(record)
-                return True
-            except Exception:
-                self.metrics.chunks.labels("retried").inc()
-                log.exception("chunk at %s[%d] offset %d failed; retrying in %.1fs",
-                              record.topic, record.partition, record.offset, delay)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), delay)
-            if stop.is_set():
-                return False
-            delay = min(delay * 2, _MAX_BACKOFF_S)
+        try:
+            await retry_until_stopped(
+                functools.partial(self.handle, record), stop=stop,
+                what=f"chunk at {record.topic}[{record.partition}] offset {record.offset}",
+                on_failure=lambda _: self.metrics.chunks.labels("retried").inc(),
+            )
+        except Stopped:
+            return False
+        return True
 
     async def _commit_done(
         self, consumer: Consumer, fetched: deque[tuple[ConsumerRecord[bytes, bytes], asyncio.Task[bool]]]

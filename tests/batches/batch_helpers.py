@@ -12,10 +12,10 @@ import aiohttp
 from openai import AsyncOpenAI
 from pymongo.asynchronous.database import AsyncDatabase
 
-from services.batches.store import BatchStore
-from services.files.store import FileStore, new_file_id, object_key
 from services.http.auth import ApiKeyStore
 from services.settings import Settings
+from services.state.batches import BatchStore
+from services.state.files import FileStore, new_file_id, object_key
 from services.stores.s3 import ObjectStore
 
 

@@ -12,9 +12,9 @@ from batch_helpers import Api, jsonl
 from events.bus import Consumer, Producer, header_value
 from events.topics import batch_events_topic, ensure_topics
 from schemas.events import CLOUDEVENTS_CONTENT_TYPE, CloudEvent
-from services.batches.outbox import EventPublisher
-from services.batches.store import BatchStore, new_batch_document, to_api
 from services.settings import Settings
+from services.state.batches import BatchStore, new_batch_document, to_api
+from services.state.outbox import EventPublisher
 from services.stores.mongo import close_database, open_database
 
 

@@ -10,14 +10,14 @@ import pytest
 import pytest_asyncio
 
 from schemas.openai_objects import Batch
-from services.batches.store import (
+from services.settings import Settings
+from services.state.batches import (
     BatchStore,
     CursorNotFound,
     new_batch_document,
     new_batch_id,
     to_api,
 )
-from services.settings import Settings
 from services.stores.mongo import close_database, open_database
 
 

@@ -8,7 +8,7 @@ import openai
 import pytest
 from batch_helpers import Api
 
-from services.batches.live_models import WORKERS_COLLECTION, live_models
+from services.state.workers import WORKERS_COLLECTION, live_models
 
 
 async def test_models_with_live_workers(api: Api) -> None:

@@ -15,7 +15,7 @@ from run_batch_helpers import (
     write_lines,
 )
 
-from services.worker.engines.test_model import ANSWER
+from services.inference.engines.fixed_answer import ANSWER
 
 EXAMPLE = REPO / "examples" / "chat-test.jsonl"
 

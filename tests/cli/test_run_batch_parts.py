@@ -19,7 +19,7 @@ from services.cli.run_batch.progress import (
 )
 from services.cli.run_batch.resume import cut_torn_tail
 from services.cli.run_batch.summary import Destination, Summary
-from services.worker.pipeline import PipelineStats
+from services.inference.pipeline import PipelineStats
 
 
 @pytest.mark.parametrize(("content", "kept"), [

@@ -13,9 +13,9 @@ import pytest
 
 from schemas.jsonl import RawLine
 from schemas.line_validation import LineValidator
-from services.worker.engines.base import Engine, EngineRequest, EngineResult
-from services.worker.engines.test_model import TestEngine
-from services.worker.pipeline import Pipeline
+from services.inference.engines.base import Engine, EngineRequest, EngineResult
+from services.inference.engines.fixed_answer import FixedAnswerEngine
+from services.inference.pipeline import Pipeline
 
 
 class JitteryEngine(Engine):
@@ -99,7 +99,7 @@ async def test_results_come_out_in_input_order_with_bounded_concurrency(batch_si
 
 
 async def test_should_stop_ends_reading_and_writes_what_is_in_flight() -> None:
-    engine = TestEngine("m", batch_size=10)
+    engine = FixedAnswerEngine("m", batch_size=10)
     out = ListSink()
     calls = 0
 

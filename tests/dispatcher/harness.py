@@ -16,15 +16,15 @@ from typing import Any
 import orjson
 
 from events.bus import Producer
-from services.batches.outbox import EventPublisher
-from services.batches.store import BatchStore, new_batch_document
-from services.dispatcher.ledger import ChunkLedger
 from services.dispatcher.service import Dispatcher
-from services.files.store import FileStore, new_file_id, object_key
+from services.inference.registry import get_model
 from services.settings import Settings
+from services.state.batches import BatchStore, new_batch_document
+from services.state.files import FileStore, new_file_id, object_key
+from services.state.ledger import ChunkLedger
+from services.state.outbox import EventPublisher
 from services.stores.mongo import close_database, open_database
 from services.stores.s3 import ObjectStore
-from services.worker.engines.registry import get_model
 from services.worker.heartbeat import Heartbeat
 from services.worker.service import Worker
 

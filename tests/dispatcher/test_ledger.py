@@ -8,9 +8,9 @@ from collections.abc import AsyncIterator
 import pytest_asyncio
 
 from schemas.work import WorkResult
-from services.dispatcher.ledger import ChunkLedger, ChunkPlan
 from services.dispatcher.progress import ProgressThrottle
 from services.settings import Settings
+from services.state.ledger import ChunkLedger, ChunkPlan
 from services.stores.mongo import close_database, open_database
 
 PLANS = [ChunkPlan(0, 0, 100, 1, 3), ChunkPlan(1, 100, 180, 4, 2), ChunkPlan(2, 180, 200, 6, 1)]

@@ -26,12 +26,12 @@ import tomli_w
 from aiohttp import web
 
 from services.api.process import ApiProcess
-from services.child_process import ServiceProcess
-from services.dispatcher.ledger import ChunkLedger
 from services.http.auth import ApiKeyStore
+from services.inference.registry import DEFAULT_MODELS_FILE
+from services.runtime.child_process import ServiceProcess
 from services.settings import Settings
+from services.state.ledger import ChunkLedger
 from services.stores.mongo import close_database, open_database
-from services.worker.engines.registry import DEFAULT_MODELS_FILE
 
 CHAT = "/v1/chat/completions"
 TERMINAL = ("completed", "failed", "expired", "cancelled")

@@ -6,9 +6,9 @@ from collections.abc import AsyncIterator
 
 import pytest_asyncio
 
-from services.worker.engines.embeddings import EmbeddingsEngine
-from services.worker.engines.llama_cpp import LlamaCppEngine
-from services.worker.engines.registry import get_model
+from services.inference.engines.embeddings import EmbeddingsEngine
+from services.inference.engines.llama_cpp import LlamaCppEngine
+from services.inference.registry import get_model
 
 CHAT_MODEL = "smollm2-135m-instruct"
 EMBEDDINGS_MODEL = "all-minilm-l6-v2"

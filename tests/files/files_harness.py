@@ -11,9 +11,9 @@ import aiohttp
 from openai import AsyncOpenAI
 from pymongo.asynchronous.database import AsyncDatabase
 
-from services.files.store import FILES_COLLECTION, FileStore
 from services.http.auth import ApiKeyStore
 from services.settings import Settings
+from services.state.files import FILES_COLLECTION, FileStore
 from services.stores.s3 import ObjectStore
 
 

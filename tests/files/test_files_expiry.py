@@ -10,7 +10,7 @@ import openai
 import pytest
 from files_harness import FilesApi, MakeFilesApi
 
-from services.files.store import DELETING, FILES_COLLECTION, UPLOADING, new_file_id
+from services.state.files import DELETING, FILES_COLLECTION, UPLOADING, new_file_id
 
 
 async def _age(api: FilesApi, file_id: str, **fields: float) -> None:

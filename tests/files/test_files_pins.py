@@ -8,7 +8,7 @@ import openai
 import pytest
 from files_harness import FilesApi, jsonl_lines
 
-from services.files.store import FILES_COLLECTION
+from services.state.files import FILES_COLLECTION
 
 
 async def test_deleted_pinned_file_keeps_its_bytes_until_unpinned(files_api: FilesApi) -> None:

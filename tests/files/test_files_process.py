@@ -17,9 +17,9 @@ import aiohttp
 import pytest
 
 from services.api.process import ApiProcess
-from services.files.store import FILES_COLLECTION, UPLOADING
 from services.http.auth import ApiKeyStore
 from services.settings import Settings
+from services.state.files import FILES_COLLECTION, UPLOADING
 from services.stores.mongo import close_database, open_database
 from services.stores.s3 import ObjectStore
 

@@ -29,11 +29,11 @@ from pymongo.asynchronous.database import AsyncDatabase
 from events.bus import Producer
 from events.topics import batch_events_topic, ensure_topics
 from services.api.app import create_api_app
-from services.batches.outbox import EventPublisher
-from services.batches.store import BatchStore, new_batch_document
 from services.http.auth import ApiKeyStore
 from services.notifier.service import Notifier
 from services.settings import Settings
+from services.state.batches import BatchStore, new_batch_document
+from services.state.outbox import EventPublisher
 from services.stores.mongo import close_database, open_database
 
 from .helpers import eventually

@@ -10,7 +10,7 @@ import aiohttp
 import orjson
 import pytest_asyncio
 
-from services.child_process import ServiceProcess
+from services.runtime.child_process import ServiceProcess
 from tests.e2e.conftest import make_stack, upstream  # noqa: F401 - fixtures of the e2e stack
 from tests.e2e.harness import ServiceStack, chat_line, jsonl, upload, wait_status
 

@@ -12,7 +12,7 @@ from typing import Any
 import orjson
 
 from schemas.events import batch_event
-from services.batches.store import to_api
+from services.state.batches import to_api
 
 from .conftest import Api, Batches, MakeApi, MakeReceiver, StartNotifier
 from .helpers import eventually, unwrap

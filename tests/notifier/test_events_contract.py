@@ -14,8 +14,8 @@ import pytest
 
 from events.topics import batch_events_topic
 from schemas.events import CLOUDEVENTS_CONTENT_TYPE, batch_event
-from services.batches.store import to_api
 from services.settings import Settings
+from services.state.batches import to_api
 
 from .conftest import Batches
 

@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from services.child_process import ServiceProcess
 from services.notifier.deliveries import DeliveryStore
+from services.runtime.child_process import ServiceProcess
 from services.settings import Settings
 from services.stores.mongo import close_database, open_database
 

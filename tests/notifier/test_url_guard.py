@@ -8,7 +8,7 @@ import socket
 import pytest
 from aiohttp.abc import AbstractResolver, ResolveResult
 
-from services.notifier.url_guard import GuardedResolver, URLPolicy, URLRefused, address_problem, check_url
+from services.http.url_guard import GuardedResolver, URLPolicy, URLRefused, address_problem, check_url
 
 REFUSED = {
     "127.0.0.1": "loopback",

@@ -6,10 +6,11 @@ import orjson
 
 from schemas.line_validation import LineIssue, ValidLine
 from schemas.work import WorkChunk, line_id
-from services.batches.live_models import live_models
-from services.dispatcher.ledger import ChunkPlan
-from services.worker.chunk_io import PartWriter, read_chunk_items
-from services.worker.engines.registry import get_model
+from services.inference.registry import get_model
+from services.state.chunk_objects import PartWriter
+from services.state.ledger import ChunkPlan
+from services.state.workers import live_models
+from services.worker.chunk_io import read_chunk_items
 from services.worker.heartbeat import Heartbeat
 from services.worker.service import Worker
 from tests.dispatcher.harness import CHAT, Stack, chat_line

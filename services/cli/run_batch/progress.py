@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TextIO
 
-from services.worker.pipeline import PipelineStats
+from services.inference.pipeline import PipelineStats
 
 BAR_REFRESH = 0.2
 

@@ -23,7 +23,7 @@ import orjson
 from schemas.jsonl import iter_file_lines
 from schemas.line_validation import LineIssue, ValidLine
 from services.cli.run_batch.errors import RunBatchError
-from services.worker.pipeline import PipelineStats
+from services.inference.pipeline import PipelineStats
 
 LINE_ID_PREFIX = "batch_req_"
 # Our own output lines are held whole when written, so any size is possible; this only

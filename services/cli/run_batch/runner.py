@@ -32,9 +32,9 @@ from services.cli.run_batch.resume import DoneLines, WrittenFile
 from services.cli.run_batch.sinks import FileSink
 from services.cli.run_batch.sources import LocalInput
 from services.cli.run_batch.summary import Destination, Summary
-from services.worker.engines.base import Engine, EngineUnavailable
-from services.worker.engines.registry import RegistryError, get_model
-from services.worker.pipeline import Pipeline, PipelineStats
+from services.inference.engines.base import Engine, EngineUnavailable
+from services.inference.pipeline import Pipeline, PipelineStats
+from services.inference.registry import RegistryError, get_model
 
 if TYPE_CHECKING:  # aiohttp is imported only by runs that use a URL: it is a third of start-up
     import aiohttp

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from services.cli.run_batch.progress import format_duration, format_rate
-from services.worker.pipeline import PipelineStats
+from services.inference.pipeline import PipelineStats
 
 
 @dataclass(slots=True)

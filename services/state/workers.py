@@ -1,9 +1,10 @@
-"""Which models can run right now: the ones with a worker that heartbeated recently.
+"""Live workers, and so which models can run right now: those with a worker that heartbeated recently.
 
 Workers upsert one document each into the `workers` collection:
-`{_id: worker_id, model, endpoints: [...], last_seen: <epoch float>, host, pid}`.
-`GET /v1/models` lists what this module finds, and the dispatcher fails a batch whose model
-has no live worker ("the model must be served").
+`{_id: worker_id, model, endpoints: [...], last_seen: <epoch float>, host, pid, started_at, stats}`.
+`GET /v1/models` lists what `live_models` finds, and the dispatcher fails a batch whose model
+has no live worker ("the model must be served"). A worker that shuts down cleanly removes its
+document at once; one that dies simply ages out.
 """
 
 from __future__ import annotations
@@ -20,6 +21,24 @@ DEFAULT_LIVENESS_SECONDS = 30.0
 class LiveModel(TypedDict):
     endpoints: list[str]
     workers: int
+
+
+class WorkerStore:
+    """The `workers` collection: heartbeats in, live models out."""
+
+    def __init__(self, db: AsyncDatabase[Any]) -> None:
+        self._collection = db[WORKERS_COLLECTION]
+
+    async def beat(self, worker_id: str, fields: dict[str, Any]) -> None:
+        """Upsert the worker's document with `fields` (which carry its `last_seen`)."""
+        await self._collection.update_one({"_id": worker_id}, {"$set": fields}, upsert=True)
+
+    async def remove(self, worker_id: str) -> None:
+        await self._collection.delete_one({"_id": worker_id})
+
+    async def ping(self) -> None:
+        """A round trip to the database (health checks)."""
+        await self._collection.database.command("ping")
 
 
 async def live_models(

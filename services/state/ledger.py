@@ -121,10 +121,6 @@ class ChunkLedger:
         ).to_list(None)
         return summarize(docs)
 
-    async def delete_batch(self, batch_id: str) -> int:
-        res = await self.collection.delete_many({"batch_id": batch_id})
-        return res.deleted_count
-
 
 def summarize(docs: Sequence[dict[str, Any]]) -> LedgerSummary:
     s = LedgerSummary()

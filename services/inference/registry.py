@@ -14,16 +14,16 @@ from typing import Any, Self
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from services.worker.engines.base import Engine
+from services.inference.engines.base import Engine
 
-DEFAULT_MODELS_FILE = Path(__file__).resolve().parent.parent / "models.toml"
+DEFAULT_MODELS_FILE = Path(__file__).resolve().parent / "models.toml"
 
 # engine kind -> "module:Class"
 ENGINE_KINDS: dict[str, str] = {
-    "test": "services.worker.engines.test_model:TestEngine",
-    "llama-cpp": "services.worker.engines.llama_cpp:LlamaCppEngine",
-    "embeddings": "services.worker.engines.embeddings:EmbeddingsEngine",
-    "upstream": "services.worker.engines.upstream:UpstreamEngine",
+    "test": "services.inference.engines.fixed_answer:FixedAnswerEngine",
+    "llama-cpp": "services.inference.engines.llama_cpp:LlamaCppEngine",
+    "embeddings": "services.inference.engines.embeddings:EmbeddingsEngine",
+    "upstream": "services.inference.engines.upstream:UpstreamEngine",
 }
 
 # chunk_lines: request lines per work chunk, read by the dispatcher (docs/architecture.md), not the engine.

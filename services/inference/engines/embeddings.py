@@ -24,12 +24,18 @@ import numpy as np
 from pydantic import Field
 
 from schemas.inference import EMBEDDINGS, EmbeddingRequest
-from services.worker.engines.base import Engine, EngineRequest, EngineResult, EngineUnavailable, bad_request
-from services.worker.engines.cpu_threads import default_threads
-from services.worker.engines.model_files import MINILM_DIR, resolve_model_path
-from services.worker.engines.model_thread import ModelThread
-from services.worker.engines.openai_params import check_extra_fields, new_request_id, parse_body
-from services.worker.engines.registry import EngineOptions
+from services.inference.engines.base import (
+    Engine,
+    EngineRequest,
+    EngineResult,
+    EngineUnavailable,
+    bad_request,
+)
+from services.inference.engines.cpu_threads import default_threads
+from services.inference.engines.model_files import MINILM_DIR, resolve_model_path
+from services.inference.engines.model_thread import ModelThread
+from services.inference.engines.openai_params import check_extra_fields, new_request_id, parse_body
+from services.inference.registry import EngineOptions
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer

@@ -32,11 +32,11 @@ from pydantic import Field, model_validator
 
 from schemas.errors import error_body
 from schemas.inference import CHAT_COMPLETIONS, COMPLETIONS, EMBEDDINGS
+from services.inference.engines.base import Engine, EngineRequest, EngineResult, EngineUnavailable
+from services.inference.engines.managed_server import ManagedServer, ManagedServerConfig, ServerUnavailable
+from services.inference.engines.openai_params import new_request_id
+from services.inference.registry import EngineOptions
 from services.settings import get_settings
-from services.worker.engines.base import Engine, EngineRequest, EngineResult, EngineUnavailable
-from services.worker.engines.managed_server import ManagedServer, ManagedServerConfig, ServerUnavailable
-from services.worker.engines.openai_params import new_request_id
-from services.worker.engines.registry import EngineOptions
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from schemas.inference import CHAT_COMPLETIONS, CHAT_DS_TEST, COMPLETIONS
-from services.worker.engines.base import Engine, EngineRequest, EngineResult, bad_request
+from services.inference.engines.base import Engine, EngineRequest, EngineResult, bad_request
 
 ANSWER = "This is a test result."
 # What a BPE tokenizer makes of ANSWER ("This", " is", " a", " test", " result", ".").
@@ -59,7 +59,7 @@ def chat_prompt_tokens(messages: list[Any]) -> int:
     return total
 
 
-class TestEngine(Engine):
+class FixedAnswerEngine(Engine):
     kind = "test"
     __test__ = False  # not a pytest test class
 

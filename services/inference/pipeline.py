@@ -23,7 +23,7 @@ import orjson
 from schemas.batch_lines import error_line, output_line
 from schemas.inference import usage_of
 from schemas.line_validation import LineIssue, ValidLine
-from services.worker.engines.base import Engine, EngineRequest, EngineResult
+from services.inference.engines.base import Engine, EngineRequest, EngineResult
 
 log = logging.getLogger(__name__)
 

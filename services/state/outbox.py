@@ -19,8 +19,8 @@ import orjson
 from events.bus import Producer
 from events.topics import batch_events_topic
 from schemas.events import CLOUDEVENTS_CONTENT_TYPE
-from services.batches.store import BatchStore
 from services.settings import Settings
+from services.state.batches import BatchStore
 
 log = logging.getLogger(__name__)
 

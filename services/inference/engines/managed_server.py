@@ -32,8 +32,8 @@ from typing import BinaryIO, Literal
 import aiohttp
 from pydantic import BaseModel, ConfigDict, Field
 
+from services.inference.engines.model_files import resolve_model_path
 from services.settings import get_settings
-from services.worker.engines.model_files import resolve_model_path
 
 log = logging.getLogger(__name__)
 

@@ -25,18 +25,24 @@ from typing import TYPE_CHECKING, Any
 from pydantic import Field
 
 from schemas.inference import CHAT_COMPLETIONS, COMPLETIONS, ChatCompletionRequest, CompletionRequest
-from services.settings import get_settings
-from services.worker.engines.base import Engine, EngineRequest, EngineResult, EngineUnavailable, bad_request
-from services.worker.engines.cpu_threads import default_threads
-from services.worker.engines.model_files import SMOLLM2_GGUF, resolve_model_path
-from services.worker.engines.model_thread import ModelThread
-from services.worker.engines.openai_params import (
+from services.inference.engines.base import (
+    Engine,
+    EngineRequest,
+    EngineResult,
+    EngineUnavailable,
+    bad_request,
+)
+from services.inference.engines.cpu_threads import default_threads
+from services.inference.engines.model_files import SMOLLM2_GGUF, resolve_model_path
+from services.inference.engines.model_thread import ModelThread
+from services.inference.engines.openai_params import (
     check_extra_fields,
     new_request_id,
     parse_body,
     unsupported,
 )
-from services.worker.engines.registry import EngineOptions, RegistryError
+from services.inference.registry import EngineOptions, RegistryError
+from services.settings import get_settings
 
 if TYPE_CHECKING:
     from llama_cpp import Llama, LlamaGrammar

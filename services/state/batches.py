@@ -30,7 +30,7 @@ import math
 import random
 import re
 import time
-from collections.abc import Collection, Mapping
+from collections.abc import AsyncIterator, Collection, Mapping
 from typing import Any
 
 from bson import ObjectId
@@ -247,6 +247,21 @@ class BatchStore:
         )
         docs = await cursor.to_list(length=limit + 1)
         return docs[:limit], len(docs) > limit
+
+    async def status(self, batch_id: str) -> str | None:
+        """The batch's status alone (None: no such batch): the workers' check before each chunk."""
+        doc = await self.collection.find_one({"_id": batch_id}, {"status": 1})
+        return None if doc is None else str(doc["status"])
+
+    async def projects_of(self, batch_ids: Collection[str]) -> dict[str, str]:
+        """batch id -> project, for the ids that exist."""
+        cursor = self.collection.find({"_id": {"$in": list(batch_ids)}}, {"project": 1})
+        return {doc["_id"]: str(doc["project"]) async for doc in cursor}
+
+    async def in_statuses(self, statuses: Collection[str], fields: Collection[str]) -> AsyncIterator[Doc]:
+        """Every batch in one of `statuses`, with only `fields` (the dispatcher's sweep)."""
+        async for doc in self.collection.find({"status": {"$in": _statuses(statuses)}}, dict.fromkeys(fields, 1)):
+            yield doc
 
     async def count_running(self, project: str, model: str) -> int:
         """How many of the project's batches of `model` are not terminal yet."""

@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from services.worker.engines.base import EngineResult, bad_request
+from services.inference.engines.base import EngineResult, bad_request
 
 M = TypeVar("M", bound=BaseModel)
 

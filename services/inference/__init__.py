@@ -1,0 +1,1 @@
+"""Inference shared by the worker and `offhours run-batch`: engines, the Pipeline, the model registry."""
