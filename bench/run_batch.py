@@ -1,4 +1,4 @@
-"""Benchmark of `offhours run-batch` (issue 2): throughput against the I/O floor, and peak memory.
+"""Benchmark of `offhours run-batch`: throughput against the I/O floor, and peak memory.
 
     python bench/run_batch.py                      # 100,000 lines x 3 rounds, then the 500 MB input
     python bench/run_batch.py --skip-rss --line-bytes 4000
@@ -13,7 +13,7 @@
    process minus those of a run on an empty file), and wall time of the whole process.
 3. Builds a 500 MB input and reports run-batch's peak RSS on it (VmHWM, polled from /proc).
 
-Not a test: nothing here asserts a time. Targets (issue 2): run-batch >= 50 % of the floor,
+Not a test: nothing here asserts a time. Targets: run-batch >= 50 % of the floor,
 peak RSS < 200 MB on the 500 MB input. Numbers go in docs/benchmarks.md.
 """
 

@@ -1,8 +1,9 @@
 """Thin aiokafka wrappers: the few Kafka settings every offhours service must get right, in one place.
 
-Delivery is at-least-once everywhere (DESIGN.md §3): a producer awaits the broker's ack before a
-caller moves on, and a consumer commits an offset only after the record's effects are durable.
-Consumers must therefore be idempotent; these wrappers do not try to hide redelivery.
+Delivery is at-least-once everywhere (docs/architecture.md, "Invariants"): a producer awaits the
+broker's ack before a caller moves on, and a consumer commits an offset only after the record's
+effects are durable. Consumers must therefore be idempotent; these wrappers do not try to hide
+redelivery.
 
 Settings chosen for portability to Tansu (the local broker) as well as Apache Kafka:
 - no idempotent or transactional producer — Tansu does not implement them;

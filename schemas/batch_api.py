@@ -1,7 +1,7 @@
 """Requests of the Batches API: the body of `POST /v1/batches` and the query of `GET /v1/batches`.
 
-Limits are DESIGN.md §2's. Each check raises a `PydanticCustomError` whose type is the error
-`code` the API answers with; the field's location becomes the error's `param`.
+Limits are those docs/api.md gives for these two routes. Each check raises a `PydanticCustomError`
+whose type is the error `code` the API answers with; the field's location becomes the error's `param`.
 """
 
 from __future__ import annotations

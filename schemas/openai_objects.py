@@ -1,6 +1,6 @@
 """The OpenAI objects of the Files and Batches API, field for field as openai-python has them.
 
-Extensions (seed documents: Bailian/ModelVerse) ride in `metadata` (`ds_name`,
+Extensions (those of Alibaba Bailian and UCloud ModelVerse) ride in `metadata` (`ds_name`,
 `ds_description`) or in fields the SDK ignores, so the official client parses every object.
 """
 

@@ -1,8 +1,8 @@
 """The two internal Kafka messages between the dispatcher and the workers, and the S3 keys they name.
 
 - `WorkChunk` on `{prefix}.work.<model>`: one per chunk of a batch's input file. It carries a byte
-  range of the stored input, never request bodies (DESIGN.md invariant 4: a 6 MB line never meets a
-  broker message limit).
+  range of the stored input, never request bodies, so a 6 MB line never meets a broker message
+  limit (docs/architecture.md, "Invariants").
 - `WorkResult` on `{prefix}.work.results`: one per processed chunk *attempt*. The dispatcher's ledger
   CAS lets only the first result of a chunk count (docs/architecture.md).
 

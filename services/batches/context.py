@@ -17,7 +17,7 @@ from services.stores.s3 import ObjectStore
 
 @dataclass(frozen=True)
 class LimitedModels:
-    """The models that get the seed's test limits (registry `test_limits = true`), and the model
+    """The models that get the test-model limits (registry `test_limits = true`), and the model
     that serves the test endpoint `/v1/chat/ds-test` when exactly one does."""
 
     names: frozenset[str]

@@ -1,8 +1,8 @@
 """One streaming pass over a batch's input: validate every line, enforce the file limits, cut chunks.
 
-The pass never holds more than one read buffer plus one line (≤ 6 MB), whatever the file size
-(DESIGN.md invariant 3). An http(s) input is copied into S3 during the same pass, so the workers
-read byte ranges of a stable object and the URL is fetched exactly once.
+The pass never holds more than one read buffer plus one line (≤ 6 MB), whatever the file size.
+An http(s) input is copied into S3 during the same pass, so the workers read byte ranges of a
+stable object and the URL is fetched exactly once.
 
 What fails the batch (file-level, located `errors.data`, first 100): invalid JSON/UTF-8, oversize
 lines, missing/invalid/duplicate `custom_id`, method, url, model mismatch, the request, byte and
@@ -39,7 +39,7 @@ class InputLimits:
     max_bytes: int
     max_requests: int
     max_line_bytes: int
-    test_model: bool = False  # the limits are the seed's test-model ones (worded as such in errors)
+    test_model: bool = False  # the limits are the test model's (worded as such in errors)
 
 
 @dataclass

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
+from typing import Self
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry
@@ -53,3 +54,10 @@ class OpsServer:
 
     async def stop(self) -> None:
         await self._runner.cleanup()
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop()

@@ -36,10 +36,6 @@ class WorkerStore:
     async def remove(self, worker_id: str) -> None:
         await self._collection.delete_one({"_id": worker_id})
 
-    async def ping(self) -> None:
-        """A round trip to the database (health checks)."""
-        await self._collection.database.command("ping")
-
 
 async def live_models(
     db: AsyncDatabase[Any], liveness_seconds: float = DEFAULT_LIVENESS_SECONDS, now: float | None = None

@@ -1,8 +1,8 @@
 """MongoDB access through PyMongo's native async API (`AsyncMongoClient`).
 
-Motor reached end of life in May 2026 (DESIGN.md §4); PyMongo's async API is its successor and
-needs no thread pool. One client per process: it is a connection pool, cheap to share and
-costly to create, so services open it at start-up and close it on shutdown.
+Motor, the older async driver, reached end of life in May 2026; PyMongo's async API is its
+successor and needs no thread pool. One client per process: it is a connection pool, cheap to
+share and costly to create, so services open it at start-up and close it on shutdown.
 """
 
 from __future__ import annotations

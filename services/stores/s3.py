@@ -10,9 +10,9 @@ Usage:
             await w.write(line)
 
 Why it looks like this:
-- Memory stays bounded by chunk/part size, never by object size (DESIGN.md invariant 3): reads
-  stream (`iter_object`, `get_range`) and writes go through a multipart writer that uploads each
-  part as soon as it fills.
+- Memory stays bounded by chunk/part size, never by object size (docs/architecture.md,
+  "Invariants"): reads stream (`iter_object`, `get_range`) and writes go through a multipart
+  writer that uploads each part as soon as it fills.
 - botocore's default "flexible checksums" (CRC32 on every PUT, validation on every GET) break
   ranged GETs against rclone and some S3 clones; `when_required` keeps checksums only where the
   S3 API demands them. Path-style addressing, because local/MinIO endpoints have no per-bucket DNS.

@@ -6,19 +6,15 @@ import time
 
 from aiohttp import web
 
+from services.runtime.backends import Backends
 from services.runtime.ops import create_ops_app
-from services.stores.s3 import ObjectStore
 from services.worker.heartbeat import Heartbeat
 
 
-def create_worker_app(heartbeat: Heartbeat, store: ObjectStore) -> web.Application:
+def create_worker_app(heartbeat: Heartbeat, backends: Backends) -> web.Application:
     async def heartbeat_fresh() -> None:
         # Three missed beats: /v1/models is about to drop this worker; say so before it does.
         if heartbeat.last_ok is None or time.monotonic() - heartbeat.last_ok > 3 * heartbeat.interval_s:
             raise RuntimeError("no successful heartbeat recently")
 
-    return create_ops_app({
-        "mongo": heartbeat.store.ping,
-        "s3": lambda: store.client.head_bucket(Bucket=store.bucket),
-        "heartbeat": heartbeat_fresh,
-    })
+    return create_ops_app({**backends.health_checks(), "heartbeat": heartbeat_fresh})

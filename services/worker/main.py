@@ -6,13 +6,11 @@ import asyncio
 import contextlib
 import logging
 
-from events.bus import Producer
 from services.inference.registry import get_model
+from services.runtime.backends import open_backends
 from services.runtime.ops import OpsServer, metrics_registry
 from services.runtime.process import install_stop_signals, tune_gc
 from services.settings import Settings
-from services.stores.mongo import close_database, open_database
-from services.stores.s3 import ObjectStore
 from services.worker.app import create_worker_app
 from services.worker.heartbeat import Heartbeat, new_worker_id
 from services.worker.service import Worker
@@ -30,39 +28,32 @@ async def run_worker(
     engine = spec.create_engine(**({"max_concurrency": concurrency} if concurrency else {}))
     log.info("loading %s (%s engine)", model, spec.engine)
     await engine.start()
-    db = open_database(settings)
-    store = await ObjectStore(settings).open()
-    producer = Producer(settings, client_id=f"offhours-worker.{model}")
     worker_id = new_worker_id()
     try:
-        await producer.start()
-        heartbeat = Heartbeat(db, worker_id=worker_id, model=model, endpoints=engine.endpoints,
-                              interval_s=settings.worker_heartbeat_interval_seconds, stats=lambda: worker.stats())
-        ops = create_worker_app(heartbeat, store)
-        worker = Worker(settings, engine, db=db, store=store, producer=producer, worker_id=worker_id,
-                        concurrency=concurrency, registry=metrics_registry(ops))
-        await worker.prepare()
-        tune_gc()
-        port = settings.worker_metrics_port if metrics_port is None else metrics_port
-        server = OpsServer(ops, settings.host, port)
-        await server.start()
-        beating = asyncio.create_task(heartbeat.run(stop), name="heartbeat")
-        try:
-            # The first beat before the first chunk: the dispatcher accepts batches of served models only.
-            await heartbeat.beat()
-            log.info("worker %s serving %s (endpoints %s)", worker_id, model, ", ".join(sorted(engine.endpoints)))
-            await worker.run(stop)
-        finally:
-            stop.set()
-            beating.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await beating
-            await heartbeat.remove()
-            await server.stop()
+        async with open_backends(settings, client_id=f"offhours-worker.{model}") as backends:
+            heartbeat = Heartbeat(backends.db, worker_id=worker_id, model=model, endpoints=engine.endpoints,
+                                  interval_s=settings.worker_heartbeat_interval_seconds, stats=lambda: worker.stats())
+            ops = create_worker_app(heartbeat, backends)
+            worker = Worker(settings, engine, db=backends.db, store=backends.store, producer=backends.producer,
+                            worker_id=worker_id, concurrency=concurrency, registry=metrics_registry(ops))
+            await worker.prepare()
+            tune_gc()
+            port = settings.worker_metrics_port if metrics_port is None else metrics_port
+            async with OpsServer(ops, settings.host, port):
+                beating = asyncio.create_task(heartbeat.run(stop), name="heartbeat")
+                try:
+                    # The first beat before the first chunk: the dispatcher accepts batches of served models only.
+                    await heartbeat.beat()
+                    log.info("worker %s serving %s (endpoints %s)", worker_id, model,
+                             ", ".join(sorted(engine.endpoints)))
+                    await worker.run(stop)
+                finally:
+                    stop.set()
+                    beating.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await beating
+                    await heartbeat.remove()
     finally:
-        await producer.stop()
-        await store.close()
-        await close_database(db)
         await engine.close()
     log.info("worker %s stopped", worker_id)
     return 0

@@ -1,8 +1,8 @@
-"""`batch-test-model`: the seed documents' test model — no inference, a fixed answer.
+"""`batch-test-model`: the test model of `/v1/chat/ds-test` — no inference, a fixed answer.
 
 It lets a user check a file, the endpoint wiring and their download code at zero cost. The
 same engine is registered as `null-model` for load tests and benchmarks, without the
-seed's per-batch limits.
+test model's per-batch limits (docs/architecture.md, "The test model").
 """
 
 from __future__ import annotations
