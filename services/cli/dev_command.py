@@ -4,7 +4,8 @@ It brings up the local Kafka/MongoDB/S3 stand-ins (infra/launcher.py), mints an 
 starts every service as its own process exactly as the Procfile does in production (api,
 dispatcher, one worker per model, notifier), waits until the API answers, and prints the
 `base_url` to give the OpenAI SDK. Ctrl-C stops the services; the infra keeps its data in
-the state folder unless `--stop-infra` is given.
+the state folder unless `--stop-infra` is given. A port it would bind that is busy stops it
+before it starts anything, with a message that says which port and how to choose another.
 """
 
 from __future__ import annotations
@@ -12,17 +13,24 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import errno
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from services.settings import Settings, get_settings
 
+if TYPE_CHECKING:
+    from infra.launcher import Launcher
+
 DEFAULT_MODELS = ("batch-test-model", "smollm2-135m-instruct", "all-minilm-l6-v2")
+INFRA_NAMES = {"kafka": "Kafka (Tansu)", "mongo": "MongoDB (SecantusDB)", "s3": "S3 (rclone)"}
 
 DESCRIPTION = """\
 Start the whole offhours stack locally and print the base_url for the OpenAI SDK:
@@ -33,7 +41,10 @@ Start the whole offhours stack locally and print the base_url for the OpenAI SDK
   4. offhours worker       one process per model (--models)
   5. offhours notifier     signed webhooks
 
-Logs of every process go to <state-dir>/logs/. Press Ctrl-C to stop.
+Before it starts anything it checks that the API port (--port or OFFHOURS_PORT, default 8000)
+and the ports of the local servers it would start itself are free; servers already running from
+the same state folder are reused. A busy port stops it with exit status 2 and a message naming
+the port and how to pick another. Logs of every process go to <state-dir>/logs/. Ctrl-C stops it.
 
 example:
   offhours dev
@@ -57,7 +68,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--state-dir", type=Path, default=None, help="data and logs (default: .offhours)")
-    parser.add_argument("--port", type=int, default=None, help="API port (default: settings.port, 8000)")
+    parser.add_argument("--port", type=int, default=None,
+                        help="API port (default: settings.port: OFFHOURS_PORT, else 8000)")
     parser.add_argument(
         "--models",
         default=",".join(DEFAULT_MODELS),
@@ -93,9 +105,48 @@ async def _mint_key(settings: Settings, project: str) -> str:
         await close_database(db)
 
 
-async def _wait_healthy(url: str, children: list[Child], within_s: float) -> None:
+def port_in_use(host: str, port: int) -> bool:
+    """Whether something listens on host:port.
+
+    With SO_REUSEADDR, as the API's own bind has: a port a crashed run left in TIME_WAIT is free
+    to it, so it must not count as busy here either.
+    """
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError as exc:
+            return exc.errno == errno.EADDRINUSE
+    return False
+
+
+def _busy_ports(launcher: Launcher, host: str, port: int) -> list[str]:
+    """What stands in the way of starting: one message per busy port this run would bind."""
+    from infra.launcher import LOOPBACK
+
+    busy = []
+    if port_in_use(host, port):
+        busy.append(f"port {port} is busy: the API would listen there (is another `offhours dev` running?). "
+                    f"Pick another with --port N or OFFHOURS_PORT=N, e.g. `offhours dev --port {port + 1}`")
+    # Servers recorded in the state folder and still running are reused: only those it would start count.
+    for c in asyncio.run(launcher.status()):
+        if c.state in ("stopped", "not-ours") and c.port is not None and port_in_use(LOOPBACK, c.port):
+            busy.append(
+                f"port {c.port} is busy: offhours dev would start {INFRA_NAMES[c.name]} there. Start it on "
+                f"another port first, e.g. `offhours infra up --{c.name}-port {c.port + 1} --state-dir "
+                f"{launcher.state_dir}`; offhours dev then reuses it")
+    return busy
+
+
+async def _wait_healthy(url: str, children: list[Child], api: Child, within_s: float) -> None:
+    """Until the API this run started answers `url`.
+
+    The port was free when the run began; an answer while its own API process still runs is that
+    process's (one that failed to bind exits, and a dead child ends the wait with its log).
+    """
     import aiohttp
 
+    assert api.proc is not None
     deadline = time.monotonic() + within_s
     async with aiohttp.ClientSession() as session:
         while time.monotonic() < deadline:
@@ -104,7 +155,7 @@ async def _wait_healthy(url: str, children: list[Child], within_s: float) -> Non
                     raise RuntimeError(f"{child.name} exited with {child.proc.returncode}; see {child.log}")
             with contextlib.suppress(aiohttp.ClientError, TimeoutError):
                 async with session.get(url, timeout=aiohttp.ClientTimeout(total=2)) as resp:
-                    if resp.status == 200:
+                    if resp.status == 200 and api.proc.poll() is None:
                         return
             await asyncio.sleep(0.5)
     raise RuntimeError(f"{url} did not become healthy within {within_s:.0f}s")
@@ -133,7 +184,7 @@ def _stop_all(children: list[Child], grace: float = 15.0) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from infra.launcher import Launcher
+    from infra.launcher import InfraError, Launcher
     from services.inference.registry import load_registry
 
     base = get_settings()
@@ -147,8 +198,18 @@ def _run(args: argparse.Namespace) -> int:
         return 2
 
     launcher = Launcher(base, state_dir=state_dir, persist=args.persist)
+    busy = _busy_ports(launcher, base.host, port)
+    if busy:
+        for problem in busy:
+            print(f"offhours dev: {problem}", file=sys.stderr)
+        print("offhours dev: nothing was started", file=sys.stderr)
+        return 2
     print(f"starting Kafka, MongoDB and S3 under {state_dir} ...", flush=True)
-    info = asyncio.run(launcher.up())
+    try:
+        info = asyncio.run(launcher.up())
+    except InfraError as exc:  # e.g. a port taken since the check above
+        print(f"offhours dev: {exc}", file=sys.stderr)
+        return 1
     settings = info.apply(base)
     env = {**os.environ, **info.env(settings), "OFFHOURS_STATE_DIR": str(state_dir), "OFFHOURS_PORT": str(port)}
 
@@ -174,7 +235,7 @@ def _run(args: argparse.Namespace) -> int:
             _start(child, env)
         key = asyncio.run(_mint_key(settings, args.project))
         base_url = f"http://{settings.host}:{port}/v1"
-        asyncio.run(_wait_healthy(f"http://{settings.host}:{port}/healthz", children, within_s=180))
+        asyncio.run(_wait_healthy(f"http://{settings.host}:{port}/healthz", children, children[0], within_s=180))
         print(_banner(base_url, key, children, state_dir), flush=True)
         if args.exit_after_ready:
             return 0

@@ -1,7 +1,8 @@
-"""Progress on stderr: a one-line bar on a terminal, a log line every few seconds otherwise.
+"""Progress on stderr: a tqdm bar on a terminal, a log line every few seconds otherwise.
 
 Drawn by a timer task rather than per written slot, so a slow model still shows signs of
-life and a fast one does not spend its time redrawing.
+life and a fast one does not spend its time redrawing. The bar measures the bytes of input
+read, the one total known before the end; lines, their rate and the failures are its text.
 """
 
 from __future__ import annotations
@@ -13,9 +14,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TextIO
 
+from tqdm import tqdm
+
 from services.inference.pipeline import PipelineStats
 
 BAR_REFRESH = 0.2
+# tqdm's own counter and rate are of bytes; `{desc}` carries the lines (bar_text).
+BAR_FORMAT = "[{bar}] {percentage:3.0f}% · {desc} · {elapsed}<{remaining}"
+BAR_FORMAT_NO_TOTAL = "{n_fmt}B read · {desc} · {elapsed}"
 
 
 @dataclass(slots=True)
@@ -53,40 +59,21 @@ def format_rate(lines: int, seconds: float) -> str:
     return f"{rate:,.1f}" if rate < 10 else f"{rate:,.0f}"
 
 
-def _fraction(s: Snapshot) -> float | None:
-    if not s.total_bytes:
-        return None
-    return min(1.0, s.read_bytes / s.total_bytes)
-
-
-def _eta(s: Snapshot, fraction: float | None) -> str:
-    if not fraction or fraction >= 1.0 or s.elapsed < 1:
-        return ""
-    return f" · ETA {format_duration(s.elapsed * (1 - fraction) / fraction)}"
-
-
-def render_bar(s: Snapshot, width: int) -> str:
-    fraction = _fraction(s)
-    text = f" {s.lines:,} lines · {format_rate(s.new_lines, s.elapsed)}/s"
-    if s.failed:
-        text += f" · {s.failed:,} failed"
-    text += _eta(s, fraction)
-    if fraction is None:
-        return f"{format_bytes(s.read_bytes)} read ·" + text
-    bar_width = max(10, min(40, width - len(text) - 8))
-    filled = int(bar_width * fraction)
-    bar = "=" * filled + (">" if filled < bar_width else "") + " " * (bar_width - filled - 1)
-    return f"[{bar[:bar_width]}] {fraction * 100:3.0f}%" + text
+def bar_text(s: Snapshot) -> str:
+    return (f"{s.lines:,} lines · {s.lines - s.failed:,} ok · {s.failed:,} failed · "
+            f"{format_rate(s.new_lines, s.elapsed)} lines/s")
 
 
 def render_log(s: Snapshot) -> str:
-    fraction = _fraction(s)
+    fraction = min(1.0, s.read_bytes / s.total_bytes) if s.total_bytes else None
     read = format_bytes(s.read_bytes) + (f" of {format_bytes(s.total_bytes)}" if s.total_bytes else "")
     pct = f" ({fraction * 100:.0f}%)" if fraction is not None else ""
+    eta = ""
+    if fraction and fraction < 1.0 and s.elapsed >= 1:
+        eta = f" · ETA {format_duration(s.elapsed * (1 - fraction) / fraction)}"
     return (
         f"progress: {s.lines:,} lines done, {s.failed:,} failed · {read} read{pct} · "
-        f"{format_rate(s.new_lines, s.elapsed)} lines/s · "
-        f"elapsed {format_duration(s.elapsed)}{_eta(s, fraction)}"
+        f"{format_rate(s.new_lines, s.elapsed)} lines/s · elapsed {format_duration(s.elapsed)}{eta}"
     )
 
 
@@ -111,7 +98,7 @@ class Progress:
         self.interval = BAR_REFRESH if mode == "bar" else interval
         self.started = time.monotonic()
         self._task: asyncio.Task[None] | None = None
-        self._drawn = False
+        self._bar: tqdm | None = None
 
     def snapshot(self) -> Snapshot:
         before, now = self._stats()
@@ -125,8 +112,16 @@ class Progress:
         )
 
     def start(self) -> None:
-        if self.mode != "off":
-            self._task = asyncio.create_task(self._run())
+        if self.mode == "off":
+            return
+        if self.mode == "bar":
+            self._bar = tqdm(
+                total=self.total_bytes or None, desc=bar_text(self.snapshot()), file=self.stream,
+                bar_format=BAR_FORMAT if self.total_bytes else BAR_FORMAT_NO_TOTAL, ascii=" =",
+                ncols=_columns(), nrows=20, unit="B", unit_scale=True, unit_divisor=1000, leave=False,
+            )
+            self._bar.start_t -= time.monotonic() - self.started  # elapsed counts from the run's start
+        self._task = asyncio.create_task(self._run())
 
     async def _run(self) -> None:
         while True:
@@ -135,30 +130,35 @@ class Progress:
 
     def draw(self) -> None:
         s = self.snapshot()
-        if self.mode == "bar":
-            width = shutil.get_terminal_size((100, 20)).columns
-            line = render_bar(s, width)[: width - 1]
-            self.stream.write("\r" + line + "\x1b[K")
-            self._drawn = True
-        else:
+        if self._bar is not None:
+            self._bar.n = s.read_bytes
+            self._bar.ncols = _columns()  # follows a resize
+            self._bar.set_description_str(bar_text(s), refresh=False)
+            self._bar.refresh()
+        elif self.mode == "log":
             self.stream.write(f"{time.strftime('%H:%M:%S')} {render_log(s)}\n")
-        self.stream.flush()
+            self.stream.flush()
 
     def message(self, text: str) -> None:
         """A line of its own, without tearing the bar."""
-        self.clear()
-        self.stream.write(text + "\n")
-        self.stream.flush()
-
-    def clear(self) -> None:
-        if self._drawn:
-            self.stream.write("\r\x1b[K")
-            self._drawn = False
+        if self._bar is not None:
+            self._bar.write(text, file=self.stream)  # clears the bar, writes, draws it again
+        else:
+            self.stream.write(text + "\n")
+            self.stream.flush()
 
     async def stop(self) -> None:
         if self._task is not None:
             self._task.cancel()
             await asyncio.wait({self._task})  # unlike `await task`, does not raise its CancelledError
             self._task = None
-        self.clear()
+        if self._bar is not None:
+            self._bar.close()  # leave=False: the bar's line is wiped for the summary
+            self._bar = None
         self.stream.flush()
+
+
+def _columns() -> int:
+    # Not tqdm's dynamic_ncols: it reads a pseudo-terminal of size 0x0 (`script`, CI, tests) as
+    # -1 columns and then draws nothing; shutil falls back to 100. Less one: no wrap at the edge.
+    return shutil.get_terminal_size((100, 20)).columns - 1
