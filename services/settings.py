@@ -56,11 +56,12 @@ class Settings(BaseSettings):
     # Bearer token for `upstream` models whose entry sets no `api_key` (a cloud API).
     upstream_api_key: SecretStr | None = None
 
-    # --- limits (DESIGN.md §2) --------------------------------------------------------
+    # --- limits (docs/api.md) ---------------------------------------------------------
     max_file_bytes: int = 500 * 1024 * 1024
     max_line_bytes: int = 6 * 1024 * 1024
     max_requests_per_batch: int = 50_000
-    # Test-model batches (batch-test-model, /v1/chat/ds-test): the seed documents' limits.
+    # Test-model batches (batch-test-model, /v1/chat/ds-test): a free check of a small file
+    # (docs/architecture.md, "The test model").
     test_model_max_file_bytes: int = 1024 * 1024
     test_model_max_lines: int = 100
     test_model_max_running: int = 2
@@ -119,7 +120,7 @@ class Settings(BaseSettings):
     # On SIGTERM the current chunk gets this long to finish before it is abandoned (uncommitted).
     worker_shutdown_grace_seconds: float = 30.0
 
-    # --- notifier (issue 6; docs/webhooks.md) ------------------------------------------------
+    # --- notifier (docs/webhooks.md) ---------------------------------------------------------
     # Webhook URLs must resolve to public addresses only, unless an address or host is listed here:
     # CIDRs ("127.0.0.1/32", "10.0.0.0/8") or host names ("hooks.internal"); comma-separated in the env.
     webhook_allowlist: Annotated[list[str], NoDecode] = Field(default_factory=list)
@@ -151,7 +152,9 @@ class Settings(BaseSettings):
     webhook_max_queued: int = 10_000
     # How often the notifier's scheduler looks for due retries.
     webhook_poll_interval_seconds: float = 1.0
-    notifier_metrics_port: int = 8002
+    # Port of the notifier's /healthz and /metrics; 0: an ephemeral port (logged), like the
+    # dispatcher's and the workers'. Deployments set a fixed one.
+    notifier_metrics_port: int = 0
 
     @field_validator("webhook_allowlist", "webhook_secret_previous_keys", mode="before")
     @classmethod

@@ -19,13 +19,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
             "metadata.callback_url), signed the Standard Webhooks way. Retries, with backoff and jitter "
             "for OFFHOURS_WEBHOOK_RETRY_HORIZON_SECONDS (24 h), are kept in MongoDB: any number of "
             "notifiers may run, and any may be killed. Serves /healthz and /metrics on "
-            "OFFHOURS_NOTIFIER_METRICS_PORT (8002)."
+            "OFFHOURS_NOTIFIER_METRICS_PORT (default 0: any free port, logged at start)."
         ),
     )
     parser.add_argument("--host", default=None, help="address for /healthz and /metrics (default: settings.host)")
     parser.add_argument(
         "--metrics-port", type=int, default=None,
-        help="port of /healthz and /metrics (default: settings.notifier_metrics_port, 8002; 0 = any free port)",
+        help="port of /healthz and /metrics (default: settings.notifier_metrics_port; 0 = any free port, logged)",
     )
     parser.set_defaults(func=_run)
 

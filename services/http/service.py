@@ -11,6 +11,7 @@ Shared resources are opened once per app in `cleanup_ctx` and closed on shutdown
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
@@ -32,6 +33,8 @@ from services.stores.s3 import ObjectStore
 SETTINGS_KEY = web.AppKey("settings", Settings)
 DB_KEY = web.AppKey("db", AsyncDatabase[Any])
 OBJECTS_KEY = web.AppKey("objects", ObjectStore)
+
+log = logging.getLogger(__name__)
 
 # JSON request bodies (batch create and the like) are small; uploads stream and are not bound by it.
 JSON_BODY_LIMIT = 1024 * 1024
@@ -84,5 +87,14 @@ def create_service_app(settings: Settings, *, title: str, description: str = "")
 
 
 def serve(app: web.Application, *, host: str, port: int) -> None:
-    """Run `app` until SIGINT/SIGTERM, with structured access logs (configure logging first)."""
-    web.run_app(app, host=host, port=port, access_log_class=JsonAccessLogger, print=None)
+    """Run `app` until SIGINT/SIGTERM, with structured access logs (configure logging first).
+
+    Port 0 binds any free port; the address actually bound is logged once the app listens.
+    """
+    web.run_app(app, host=host, port=port, access_log_class=JsonAccessLogger, print=_log_listening)
+
+
+def _log_listening(message: str) -> None:
+    # run_app's banner, "======== Running on http://HOST:PORT ======== ...": its sites' names carry the
+    # bound port, also when 0 was asked for.
+    log.info("%s", message.splitlines()[0].strip("= "))

@@ -178,11 +178,11 @@ def delivery_to_api(doc: Mapping[str, Any]) -> dict[str, Any]:
 
 class DeliveryStore:
     def __init__(self, db: AsyncDatabase[Any]) -> None:
-        self.collection = db[DELIVERIES_COLLECTION]
+        self._collection = db[DELIVERIES_COLLECTION]
 
     async def ensure_indexes(self) -> None:
         # Few indexes on purpose: every delivery is written at least once, and each index costs each write.
-        await self.collection.create_indexes(
+        await self._collection.create_indexes(
             [
                 # the scheduler: due deliveries, oldest first (only pending ones have the field)
                 IndexModel([("next_attempt_at", ASCENDING)], sparse=True),
@@ -202,7 +202,7 @@ class DeliveryStore:
             return set()
         ids = [str(d["_id"]) for d in docs]
         try:
-            await self.collection.insert_many([dict(d) for d in docs], ordered=False)
+            await self._collection.insert_many([dict(d) for d in docs], ordered=False)
             return set(ids)
         except BulkWriteError as exc:
             errors = exc.details.get("writeErrors", [])
@@ -215,7 +215,7 @@ class DeliveryStore:
         """Which of these deliveries exist already."""
         if not ids:
             return set()
-        return {str(d["_id"]) async for d in self.collection.find({"_id": {"$in": list(ids)}}, {"_id": 1})}
+        return {str(d["_id"]) async for d in self._collection.find({"_id": {"$in": list(ids)}}, {"_id": 1})}
 
     async def claim_due(
         self, token: str, lease_s: float, *, now: float | None = None, skip_targets: Iterable[str] = ()
@@ -226,25 +226,46 @@ class DeliveryStore:
         skip = list(skip_targets)
         if skip:
             query["target"] = {"$nin": skip}
-        return await self.collection.find_one_and_update(
+        return await self._collection.find_one_and_update(
             query,
             {"$set": {"claim": token, "lease_until": at + lease_s}},
             sort=[("next_attempt_at", ASCENDING)],
             return_document=ReturnDocument.AFTER,
         )
 
+    async def renew_claim(self, delivery_id: str, claim: str, lease_until: float) -> bool:
+        """Extend the lease of a claim; False: the claim was lost (it lapsed and another took it)."""
+        renewed = await self._collection.update_one(
+            {"_id": delivery_id, "claim": claim}, {"$set": {"lease_until": lease_until}}
+        )
+        return renewed.matched_count > 0
+
     async def write_results(self, ops: Sequence[UpdateOne]) -> int:
         """Record finished attempts (one round trip); returns how many still held their claim."""
         if not ops:
             return 0
-        result = await self.collection.bulk_write(list(ops), ordered=False)
+        result = await self._collection.bulk_write(list(ops), ordered=False)
         return result.matched_count
 
     async def get(self, project: str, delivery_id: str, endpoint_id: str | None = None) -> Doc | None:
         query: Doc = {"_id": delivery_id, "project": project}
         if endpoint_id is not None:
             query["endpoint_id"] = endpoint_id
-        return await self.collection.find_one(query, {"body": 0})
+        return await self._collection.find_one(query, {"body": 0})
+
+    async def for_batch(self, batch_id: str) -> Doc | None:
+        """A delivery of this batch, body included (the one, for a batch that went to a single target)."""
+        return await self._collection.find_one({"batch_id": batch_id})
+
+    async def end_pending_for_endpoint(self, project: str, endpoint_id: str, reason: str) -> int:
+        """Mark the endpoint's pending deliveries dead (it was deleted); those being sent right now are
+        left to their attempt, which finds the endpoint gone. Returns how many ended."""
+        now = time.time()
+        result = await self._collection.update_many(
+            {"project": project, "endpoint_id": endpoint_id, "status": "pending", "lease_until": {"$lte": now}},
+            {"$set": {"status": "dead", "dead_at": now, "last_error": reason}, "$unset": {"next_attempt_at": ""}},
+        )
+        return result.modified_count
 
     async def list(
         self,
@@ -262,7 +283,7 @@ class DeliveryStore:
             if value is not None:
                 query[key] = value
         if after is not None:
-            cursor_doc = await self.collection.find_one({**query, "_id": after}, {"created_at": 1})
+            cursor_doc = await self._collection.find_one({**query, "_id": after}, {"created_at": 1})
             if cursor_doc is None:
                 return None
             created = cursor_doc["created_at"]
@@ -271,7 +292,7 @@ class DeliveryStore:
                 {"created_at": created, "_id": {"$lt": after}},
             ]
         docs = (
-            await self.collection.find(query, {"body": 0})
+            await self._collection.find(query, {"body": 0})
             .sort([("created_at", DESCENDING), ("_id", DESCENDING)])
             .limit(limit + 1)
             .to_list()
@@ -289,7 +310,7 @@ class DeliveryStore:
         query: Doc = {"_id": delivery_id, "project": project, "lease_until": {"$lte": now}}
         if endpoint_id is not None:
             query["endpoint_id"] = endpoint_id
-        doc = await self.collection.find_one_and_update(
+        doc = await self._collection.find_one_and_update(
             query,
             {"$set": {"status": "pending", "next_attempt_at": now, "deadline": now + horizon_s, "dead_at": None}},
             projection={"body": 0},

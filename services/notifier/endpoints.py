@@ -27,6 +27,8 @@ from bson import ObjectId
 from pymongo import ASCENDING, IndexModel, ReturnDocument
 from pymongo.asynchronous.database import AsyncDatabase
 
+from schemas.api_params import PageParams
+from services.http.pagination import fetch_page
 from services.notifier.secrets import SecretBox
 from services.notifier.signing import new_secret, secret_hint
 
@@ -97,13 +99,13 @@ def endpoint_to_api(doc: Mapping[str, Any], secret: str | None = None) -> dict[s
 
 class EndpointStore:
     def __init__(self, db: AsyncDatabase[Any], box: SecretBox) -> None:
-        self.collection = db[ENDPOINTS_COLLECTION]
-        self.callbacks = db[CALLBACK_SECRETS_COLLECTION]
+        self._collection = db[ENDPOINTS_COLLECTION]
+        self._callbacks = db[CALLBACK_SECRETS_COLLECTION]
         self.box = box
 
     async def ensure_indexes(self) -> None:
         # Listing pages on (project, _id); the notifier matches on (project, enabled).
-        await self.collection.create_indexes([IndexModel([("project", ASCENDING), ("_id", ASCENDING)])])
+        await self._collection.create_indexes([IndexModel([("project", ASCENDING), ("_id", ASCENDING)])])
 
     # --- endpoints -------------------------------------------------------------------------
 
@@ -134,15 +136,19 @@ class EndpointStore:
             "secrets": [_secret_entry(self.box, secret, endpoint_id, now)],
             "secrets_version": 0,
         }
-        await self.collection.insert_one(doc)
+        await self._collection.insert_one(doc)
         return doc, secret
 
+    async def list_page(self, project: str, page: PageParams) -> dict[str, Any]:
+        """One page of the project's endpoints, as the API's list object."""
+        return await fetch_page(self._collection, {"project": project}, page, endpoint_to_api)
+
     async def get(self, project: str, endpoint_id: str) -> Doc | None:
-        return await self.collection.find_one({"_id": endpoint_id, "project": project})
+        return await self._collection.find_one({"_id": endpoint_id, "project": project})
 
     async def get_any(self, endpoint_id: str) -> Doc | None:
         """Any project's endpoint (the notifier: the delivery record already names the project)."""
-        return await self.collection.find_one({"_id": endpoint_id})
+        return await self._collection.find_one({"_id": endpoint_id})
 
     async def update(self, project: str, endpoint_id: str, fields: Mapping[str, Any]) -> Doc | None:
         """Set the given fields; `updated_at` advances only when something actually changed."""
@@ -153,12 +159,12 @@ class EndpointStore:
         if not changed:
             return doc
         changed["updated_at"] = time.time()
-        return await self.collection.find_one_and_update(
+        return await self._collection.find_one_and_update(
             {"_id": endpoint_id, "project": project}, {"$set": changed}, return_document=ReturnDocument.AFTER
         )
 
     async def delete(self, project: str, endpoint_id: str) -> bool:
-        result = await self.collection.delete_one({"_id": endpoint_id, "project": project})
+        result = await self._collection.delete_one({"_id": endpoint_id, "project": project})
         return result.deleted_count == 1
 
     async def rotate(self, project: str, endpoint_id: str, grace_s: float) -> tuple[Doc, str] | None:
@@ -173,7 +179,7 @@ class EndpointStore:
                 return None
             now = time.time()
             secret, kept = rotated_secrets(self.box, doc.get("secrets") or [], endpoint_id, now, grace_s)
-            new = await self.collection.find_one_and_update(
+            new = await self._collection.find_one_and_update(
                 {"_id": endpoint_id, "project": project, "secrets_version": doc.get("secrets_version", 0)},
                 {"$set": {"secrets": kept, "updated_at": now}, "$inc": {"secrets_version": 1}},
                 return_document=ReturnDocument.AFTER,
@@ -187,18 +193,18 @@ class EndpointStore:
         wanted = list(dict.fromkeys(projects))
         if not wanted:
             return []
-        return await self.collection.find({"project": {"$in": wanted}, "enabled": True}).to_list()
+        return await self._collection.find({"project": {"$in": wanted}, "enabled": True}).to_list()
 
     # --- the project's callback secret -----------------------------------------------------
 
     async def callback_secret_doc(self, project: str) -> Doc:
         """The project's callback secret document, created on first use."""
-        doc = await self.callbacks.find_one({"_id": project})
+        doc = await self._callbacks.find_one({"_id": project})
         if doc is not None:
             return doc
         now = time.time()
         entry = _secret_entry(self.box, new_secret(), callback_owner(project), now)
-        return await self.callbacks.find_one_and_update(
+        return await self._callbacks.find_one_and_update(
             {"_id": project},
             {"$setOnInsert": {"secrets": [entry], "secrets_version": 0, "created_at": now}},
             upsert=True,
@@ -210,7 +216,7 @@ class EndpointStore:
             doc = await self.callback_secret_doc(project)
             now = time.time()
             _, kept = rotated_secrets(self.box, doc.get("secrets") or [], callback_owner(project), now, grace_s)
-            new = await self.callbacks.find_one_and_update(
+            new = await self._callbacks.find_one_and_update(
                 {"_id": project, "secrets_version": doc.get("secrets_version", 0)},
                 {"$set": {"secrets": kept}, "$inc": {"secrets_version": 1}},
                 return_document=ReturnDocument.AFTER,

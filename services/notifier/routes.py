@@ -40,7 +40,7 @@ from schemas.webhooks import (
 from services.http.auth import project_of
 from services.http.errors import APIError, invalid_request, not_found
 from services.http.openapi import operation
-from services.http.pagination import fetch_page, page_body
+from services.http.pagination import page_body
 from services.http.params import json_object, parse_fields
 from services.http.service import DB_KEY, SETTINGS_KEY
 from services.http.url_guard import URLPolicy, URLRefused, check_url
@@ -146,8 +146,7 @@ async def create_endpoint(request: web.Request) -> web.Response:
 async def list_endpoints(request: web.Request) -> web.Response:
     page = _parse(PageParams, dict(request.query.items()))
     ctx = request.app[WEBHOOKS_KEY]
-    body = await fetch_page(ctx.endpoints.collection, {"project": project_of(request)}, page, endpoint_to_api)
-    return web.json_response(body)
+    return web.json_response(await ctx.endpoints.list_page(project_of(request), page))
 
 
 @operation("Retrieve a webhook endpoint", responses={200: WebhookEndpoint}, tags=TAGS, path_params=_ENDPOINT_ID)
@@ -188,11 +187,7 @@ async def delete_endpoint(request: web.Request) -> web.Response:
     endpoint_id = request.match_info["endpoint_id"]
     if not await ctx.endpoints.delete(project, endpoint_id):
         raise _endpoint_missing(endpoint_id)
-    await ctx.deliveries.collection.update_many(
-        {"project": project, "endpoint_id": endpoint_id, "status": "pending", "lease_until": {"$lte": time.time()}},
-        {"$set": {"status": "dead", "dead_at": time.time(), "last_error": "the endpoint was deleted"},
-         "$unset": {"next_attempt_at": ""}},
-    )
+    await ctx.deliveries.end_pending_for_endpoint(project, endpoint_id, "the endpoint was deleted")
     return web.json_response({"id": endpoint_id, "object": "webhook_endpoint.deleted", "deleted": True})
 
 
