@@ -46,28 +46,20 @@ class _FirstAttempt:
     outcome: asyncio.Future[Outcome] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
 
 
+@dataclass(eq=False)
 class Admission:
-    def __init__(
-        self,
-        *,
-        intake: Intake,
-        deliveries: DeliveryStore,
-        pool: DeliveryPool,
-        claims: Claims,
-        attempts: Attempts,
-        results: ResultWriter,
-        alarm: Alarm,
-        metrics: NotifierMetrics,
-    ) -> None:
-        self.intake = intake
-        self.deliveries = deliveries
-        self.pool = pool
-        self.claims = claims
-        self.attempts = attempts
-        self.results = results
-        self.alarm = alarm
-        self.metrics = metrics
-        self._being_written: set[str] = set()  # delivery ids of the polls being handled now
+    """Gets a poll's deliveries into MongoDB, each attempted once first where its target has room."""
+
+    intake: Intake
+    deliveries: DeliveryStore
+    pool: DeliveryPool
+    claims: Claims
+    attempts: Attempts
+    results: ResultWriter
+    alarm: Alarm
+    metrics: NotifierMetrics
+    # delivery ids of the polls being handled now
+    _being_written: set[str] = field(default_factory=set, init=False)
 
     async def admit(
         self, records: Sequence[ConsumerRecord[bytes, bytes]], stop: asyncio.Event,

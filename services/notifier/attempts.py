@@ -17,6 +17,7 @@ import os
 import socket
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from pymongo import UpdateOne
@@ -53,27 +54,19 @@ class Claims:
         return f"{self._instance}:{next(self._numbers)}"
 
 
+@dataclass(eq=False)
 class Attempts:
-    def __init__(
-        self,
-        settings: Settings,
-        *,
-        endpoints: EndpointStore,
-        deliveries: DeliveryStore,
-        box: SecretBox,
-        sender: Sender,
-        claims: Claims,
-        metrics: NotifierMetrics,
-        on_retry: Callable[[float], None],
-    ) -> None:
-        self.settings = settings
-        self.endpoints = endpoints
-        self.deliveries = deliveries
-        self.box = box
-        self.sender = sender
-        self.claims = claims
-        self.metrics = metrics
-        self._on_retry = on_retry  # the scheduler's alarm: a retry this process set comes due without a poll
+    """One attempt of a delivery: resolve its target now, sign, send, count, and set the next retry."""
+
+    settings: Settings
+    endpoints: EndpointStore
+    deliveries: DeliveryStore
+    box: SecretBox
+    sender: Sender
+    claims: Claims
+    metrics: NotifierMetrics
+    # The scheduler's alarm: a retry this process set comes due without waiting for a poll.
+    on_retry: Callable[[float], None]
 
     async def attempt(self, doc: Mapping[str, Any], endpoint: Mapping[str, Any] | None) -> Outcome:
         """Send once, and count it. `endpoint`: the endpoint document when the caller has it fresh."""
@@ -97,7 +90,7 @@ class Attempts:
             log.warning("delivery %s (%s) is dead after %d attempts: %s", doc["_id"], doc["event_type"], number,
                         result.error)
         else:
-            self._on_retry(next_at)
+            self.on_retry(next_at)
         return Outcome(result.attempt(number, started, next_at), next_at, finished)
 
     async def claimed(self, doc: Mapping[str, Any], claim: str) -> UpdateOne | None:

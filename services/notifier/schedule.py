@@ -13,6 +13,7 @@ import functools
 import logging
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from services.notifier.attempts import Attempts, Claims
@@ -46,25 +47,17 @@ class Alarm:
         self._rung.clear()
 
 
+@dataclass(eq=False)
 class Scheduler:
-    def __init__(
-        self,
-        settings: Settings,
-        *,
-        deliveries: DeliveryStore,
-        pool: DeliveryPool,
-        claims: Claims,
-        attempts: Attempts,
-        results: ResultWriter,
-        alarm: Alarm,
-    ) -> None:
-        self.settings = settings
-        self.deliveries = deliveries
-        self.pool = pool
-        self.claims = claims
-        self.attempts = attempts
-        self.results = results
-        self.alarm = alarm
+    """Hands the deliveries that are due (retries, the overflow, lapsed claims) to the pool."""
+
+    settings: Settings
+    deliveries: DeliveryStore
+    pool: DeliveryPool
+    claims: Claims
+    attempts: Attempts
+    results: ResultWriter
+    alarm: Alarm
 
     async def run(self, stop: asyncio.Event) -> None:
         """Claim what is due while the pool has room, sleep, repeat until `stop` is set."""
