@@ -4,17 +4,22 @@
   temporary state folder, via infra.launcher; stopped at the end of the session. Only tests that
   (indirectly) request it start servers — SecantusDB alone takes ~2 s to start.
 - `settings` (function): a Settings pointing at those servers, with a database, bucket and topic
-  prefix unique to the test, so tests never see each other's data; the bucket already exists.
+  prefix unique to the test, so tests never see each other's data; the bucket already exists
+  (created through `buckets`, the session's one S3 client for that).
+- `stack` (function): a dispatcher and workers in this process on those servers (tests/support/stack.py).
+- `upstream`, `make_stack(workers=..., **settings)`: the service as real processes, with a chat
+  upstream the test releases request by request (tests/support/processes.py, upstream.py).
 
 Everything runs on the session event loop (pyproject: asyncio_default_*_loop_scope = "session"),
-because the session-scoped `infra` fixture must outlive every test's loop.
+because the session-scoped `infra` fixture must outlive every test's loop. Helpers are in
+tests/support/; this file holds fixtures only.
 """
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import pytest_asyncio
@@ -22,27 +27,18 @@ import pytest_asyncio
 from infra.launcher import InfraInfo, Launcher, Ports
 from services.settings import Settings
 from services.stores.s3 import ObjectStore
-
-
-def _base_settings(state_dir: Path) -> Settings:
-    # Explicit values win over any OFFHOURS_*/KAFKA_*/... variables in the developer's shell.
-    return Settings(
-        state_dir=state_dir,
-        s3_access_key_id="offhours-test",
-        s3_secret_access_key="offhours-test-secret",
-        s3_region="us-east-1",
-        s3_bucket="offhours-test",
-        log_json=False,
-    )
+from tests.support.models import write_models_file
+from tests.support.processes import MakeStack, ServiceStack
+from tests.support.settings import base_settings, fast_settings, isolated_settings, session_object_store
+from tests.support.stack import Stack, open_stack
+from tests.support.upstream import GatedUpstream
 
 
 @pytest_asyncio.fixture(scope="session", loop_scope="session")
 async def infra(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[InfraInfo]:
     """The session's Kafka/MongoDB/S3 servers (started once, stopped at the end)."""
     state_dir = tmp_path_factory.mktemp("offhours-infra")
-    launcher = Launcher(
-        _base_settings(state_dir), state_dir=state_dir, ports=Ports.free(), startup_timeout=90
-    )
+    launcher = Launcher(base_settings(state_dir), state_dir=state_dir, ports=Ports.free(), startup_timeout=90)
     info = await launcher.up()
     try:
         yield info
@@ -50,28 +46,46 @@ async def infra(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Infra
         await launcher.down()
 
 
-@pytest_asyncio.fixture(loop_scope="session")
-async def settings(infra: InfraInfo, tmp_path: Path) -> AsyncIterator[Settings]:
-    """Settings for one test: session servers, private database / bucket / topic prefix."""
-    suffix = uuid.uuid4().hex[:12]
-    s = infra.apply(_base_settings(infra.state_dir)).model_copy(
-        update={
-            "mongodb_database": f"t_{suffix}",
-            "s3_bucket": f"t-{suffix}",  # S3 bucket names: lowercase, digits, hyphens
-            "topic_prefix": f"t{suffix}",
-            "state_dir": tmp_path,
-        }
-    )
-    async with ObjectStore(s) as store:
-        await store.ensure_bucket()
-    yield s
-    # Drop the test's database so one long session does not accumulate hundreds of them.
-    from services.stores.mongo import close_database, open_database
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def buckets(infra: InfraInfo) -> AsyncIterator[ObjectStore]:
+    """The S3 client that creates each test's bucket."""
+    async with session_object_store(infra) as store:
+        yield store
 
-    db = open_database(s)
-    try:
-        await db.client.drop_database(s.mongodb_database)
-    except Exception:  # cleanup is best effort; the tmp state dir goes away anyway
-        pass
-    finally:
-        await close_database(db)
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def settings(infra: InfraInfo, buckets: ObjectStore, tmp_path: Path) -> AsyncIterator[Settings]:
+    """Settings for one test: session servers, private database / bucket / topic prefix."""
+    async with isolated_settings(infra, tmp_path, buckets) as s:
+        yield s
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def stack(settings: Settings) -> AsyncIterator[Stack]:
+    async with open_stack(settings) as st:
+        yield st
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def upstream() -> AsyncIterator[GatedUpstream]:
+    server = await GatedUpstream().start()
+    yield server
+    await server.stop()
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def make_stack(settings: Settings, tmp_path: Path, upstream: GatedUpstream) -> AsyncIterator[MakeStack]:
+    """`await make_stack(workers=[...], chunk_lines={...}, **settings_overrides)`: processes stopped after the test."""
+    stacks: list[ServiceStack] = []
+
+    async def make(workers: tuple[str, ...] = ("null-model",), chunk_lines: dict[str, int] | None = None,
+                   **overrides: Any) -> ServiceStack:
+        models = write_models_file(tmp_path / f"models-{len(stacks)}.toml", upstream.url, **(chunk_lines or {}))
+        s = fast_settings(settings, models_file=models, **overrides)
+        stack = ServiceStack(s, tmp_path / f"logs-{len(stacks)}")
+        stacks.append(stack)
+        return await stack.start(workers)
+
+    yield make
+    for stack in stacks:
+        await stack.close()

@@ -7,7 +7,6 @@ import uuid
 from typing import Any
 
 import orjson
-from batch_helpers import Api, jsonl
 
 from events.bus import Consumer, Producer, header_value
 from events.topics import batch_events_topic, ensure_topics
@@ -16,6 +15,8 @@ from services.settings import Settings
 from services.state.batches import BatchStore, new_batch_document, to_api
 from services.state.outbox import EventPublisher
 from services.stores.mongo import close_database, open_database
+from tests.support.api import Api
+from tests.support.lines import request_lines
 
 
 async def read_events(settings: Settings, batch_id: str, count: int, timeout_s: float = 30) -> list[tuple[Any, ...]]:
@@ -34,7 +35,7 @@ async def read_events(settings: Settings, batch_id: str, count: int, timeout_s: 
 async def test_api_events_reach_the_topic(api: Api) -> None:
     key, project = await api.key()
     client = api.client(key)
-    batch = await client.batches.create(input_file_id=await api.add_file(project, jsonl(1, model="null-model")),
+    batch = await client.batches.create(input_file_id=await api.add_file(project, request_lines(1, model="null-model")),
                                         endpoint="/v1/chat/completions", completion_window="24h",
                                         metadata={"ds_name": "events"})
     cancelled = await client.batches.cancel(batch.id)

@@ -13,7 +13,9 @@ from typing import Any
 
 import openai
 import pytest
-from batch_helpers import Api, MakeApi, jsonl
+
+from tests.support.api import Api, MakeApi
+from tests.support.lines import request_lines
 
 URL_INPUT = "https://example.com/data/requests.jsonl"
 
@@ -29,7 +31,7 @@ async def create_raw(api: Api, key: str, **body: Any) -> tuple[int, Any]:
 async def test_create_and_retrieve_with_the_sdk(api: Api) -> None:
     key, project = await api.key()
     client = api.client(key)
-    file_id = await api.add_file(project, jsonl(3))
+    file_id = await api.add_file(project, request_lines(3))
     before = int(time.time())
     batch = await client.batches.create(
         input_file_id=file_id, endpoint="/v1/chat/completions", completion_window="24h",
@@ -57,7 +59,7 @@ async def test_create_and_retrieve_with_the_sdk(api: Api) -> None:
 async def test_create_from_an_uploaded_file(api: Api) -> None:
     key, _ = await api.key()
     client = api.client(key)
-    uploaded = await client.files.create(file=("in.jsonl", io.BytesIO(jsonl(2, model="null-model"))), purpose="batch")
+    uploaded = await client.files.create(file=("in.jsonl", io.BytesIO(request_lines(2, model="null-model"))), purpose="batch")
     batch = await client.batches.create(input_file_id=uploaded.id, endpoint="/v1/chat/completions",
                                         completion_window="2d")
     assert batch.model == "null-model" and batch.expires_at == batch.created_at + 48 * 3600
@@ -65,7 +67,7 @@ async def test_create_from_an_uploaded_file(api: Api) -> None:
 
 async def test_model_comes_from_the_first_non_blank_line(api: Api) -> None:
     key, project = await api.key()
-    content = b"\n  \n" + jsonl(2, model="some-model")
+    content = b"\n  \n" + request_lines(2, model="some-model")
     batch = await api.client(key).batches.create(
         input_file_id=await api.add_file(project, content), endpoint="/v1/chat/completions", completion_window="24h"
     )
@@ -186,13 +188,13 @@ async def test_url_inputs(api: Api) -> None:
 async def test_input_file_checks(api: Api) -> None:
     key, project = await api.key()
     other_key, other_project = await api.key()
-    foreign = await api.add_file(other_project, jsonl(1))
+    foreign = await api.add_file(other_project, request_lines(1))
     for file_id in (foreign, "file-doesnotexist"):
         status, answer = await create_raw(api, key, input_file_id=file_id, endpoint="/v1/chat/completions",
                                           completion_window="24h")
         assert status == 404 and answer["error"]["param"] == "input_file_id"
         assert answer["error"]["code"] == "file_not_found" and file_id in answer["error"]["message"]
-    wrong_purpose = await api.add_file(project, jsonl(1), purpose="fine-tune")
+    wrong_purpose = await api.add_file(project, request_lines(1), purpose="fine-tune")
     status, answer = await create_raw(api, key, input_file_id=wrong_purpose, endpoint="/v1/chat/completions",
                                       completion_window="24h")
     assert status == 400 and answer["error"]["param"] == "input_file_id"
@@ -217,7 +219,7 @@ async def test_bodies_that_are_not_json_objects(api: Api) -> None:
 async def test_another_projects_batch_is_not_found(api: Api) -> None:
     key, project = await api.key()
     other_key, _ = await api.key()
-    batch = await api.client(key).batches.create(input_file_id=await api.add_file(project, jsonl(1)),
+    batch = await api.client(key).batches.create(input_file_id=await api.add_file(project, request_lines(1)),
                                                  endpoint="/v1/chat/completions", completion_window="24h")
     other = api.client(other_key)
     with pytest.raises(openai.NotFoundError):
@@ -280,8 +282,8 @@ async def test_list_bad_parameters(api: Api, query: str, param: str) -> None:
 async def test_list_filters(api: Api) -> None:
     key, project = await api.key()
     client = api.client(key)
-    file_a = await api.add_file(project, jsonl(1, model="null-model"))
-    file_b = await api.add_file(project, jsonl(1, model="null-model"))
+    file_a = await api.add_file(project, request_lines(1, model="null-model"))
+    file_b = await api.add_file(project, request_lines(1, model="null-model"))
 
     async def create(file_id: str, ds_name: str | None) -> str:
         metadata = {"ds_name": ds_name} if ds_name else None
@@ -362,17 +364,17 @@ async def test_cancel(api: Api) -> None:
 async def test_test_model_limits(api: Api) -> None:
     key, project = await api.key()
     client = api.client(key)
-    too_big = await api.add_file(project, jsonl(1) + b" " * (api.settings.test_model_max_file_bytes + 1) + b"\n")
+    too_big = await api.add_file(project, request_lines(1) + b" " * (api.settings.test_model_max_file_bytes + 1) + b"\n")
     status, answer = await create_raw(api, key, input_file_id=too_big, endpoint="/v1/chat/completions",
                                       completion_window="24h")
     assert status == 400 and answer["error"]["code"] == "file_too_large"
     assert answer["error"]["param"] == "input_file_id"
     # The zero-cost model with the same engine has no such limit.
-    big_null = await api.add_file(project, jsonl(1, model="null-model") + b" " * (1024 * 1024 + 1) + b"\n")
+    big_null = await api.add_file(project, request_lines(1, model="null-model") + b" " * (1024 * 1024 + 1) + b"\n")
     assert (await client.batches.create(input_file_id=big_null, endpoint="/v1/chat/completions",
                                         completion_window="24h")).model == "null-model"
 
-    small = await api.add_file(project, jsonl(2))
+    small = await api.add_file(project, request_lines(2))
     first = await client.batches.create(input_file_id=small, endpoint="/v1/chat/completions", completion_window="24h")
     # The test endpoint is served by the test model only: it counts against the same limit.
     await client.batches.create(input_file_id=URL_INPUT, endpoint="/v1/chat/ds-test",  # type: ignore[arg-type]
@@ -384,7 +386,7 @@ async def test_test_model_limits(api: Api) -> None:
     assert len([b async for b in client.batches.list()]) == 3
     # Other projects have their own allowance.
     other_key, other_project = await api.key()
-    other_file = await api.add_file(other_project, jsonl(2))
+    other_file = await api.add_file(other_project, request_lines(2))
     await api.client(other_key).batches.create(input_file_id=other_file, endpoint="/v1/chat/completions",
                                                completion_window="24h")
     # Once one ends, there is room again.

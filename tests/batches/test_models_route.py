@@ -6,27 +6,26 @@ import time
 
 import openai
 import pytest
-from batch_helpers import Api
 
-from services.state.workers import WORKERS_COLLECTION, live_models
+from services.state.workers import WorkerStore, live_models
+from tests.support.api import Api
 
 
 async def test_models_with_live_workers(api: Api) -> None:
     key, _ = await api.key()
-    workers = api.db[WORKERS_COLLECTION]
-    await workers.delete_many({})
+    workers = WorkerStore(api.db)
     now = time.time()
     liveness = api.settings.worker_liveness_seconds
-    await workers.insert_many([
-        {"_id": "w1", "model": "smollm2-135m", "endpoints": ["/v1/chat/completions"], "last_seen": now,
-         "host": "a", "pid": 1},
-        {"_id": "w2", "model": "smollm2-135m", "endpoints": ["/v1/completions", "/v1/chat/completions"],
-         "last_seen": now - liveness / 2, "host": "b", "pid": 2},
-        {"_id": "w3", "model": "org/embedder", "endpoints": ["/v1/embeddings"], "last_seen": now, "host": "a",
-         "pid": 3},
-        {"_id": "w4", "model": "gone-model", "endpoints": ["/v1/embeddings"], "last_seen": now - liveness - 1,
-         "host": "c", "pid": 4},
-    ])
+    heartbeats = {
+        "w1": {"model": "smollm2-135m", "endpoints": ["/v1/chat/completions"], "last_seen": now, "host": "a", "pid": 1},
+        "w2": {"model": "smollm2-135m", "endpoints": ["/v1/completions", "/v1/chat/completions"],
+               "last_seen": now - liveness / 2, "host": "b", "pid": 2},
+        "w3": {"model": "org/embedder", "endpoints": ["/v1/embeddings"], "last_seen": now, "host": "a", "pid": 3},
+        "w4": {"model": "gone-model", "endpoints": ["/v1/embeddings"], "last_seen": now - liveness - 1,
+               "host": "c", "pid": 4},
+    }
+    for worker_id, fields in heartbeats.items():
+        await workers.beat(worker_id, fields)
     client = api.client(key)
     page = await client.models.list()
     assert [m.id for m in page.data] == ["org/embedder", "smollm2-135m"]
@@ -47,5 +46,6 @@ async def test_models_with_live_workers(api: Api) -> None:
     # The same helper the dispatcher uses; a later clock makes every heartbeat stale.
     assert set(await live_models(api.db, liveness)) == {"org/embedder", "smollm2-135m"}
     assert await live_models(api.db, liveness, now=now + liveness + 1) == {}
-    await workers.delete_many({})
+    for worker_id in heartbeats:
+        await workers.remove(worker_id)
     assert (await client.models.list()).data == []

@@ -7,9 +7,9 @@ from typing import Any
 
 import orjson
 import pytest
-from run_batch_helpers import chat_line, cli, read_results, run_in_process
 
 from schemas.jsonl import BOM
+from tests.support.run_batch import chat_line, cli, read_results, run_in_process
 
 SKIP = "skip"  # a blank line: counted in line numbers, no result
 

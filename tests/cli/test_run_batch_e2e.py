@@ -5,7 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import orjson
-from run_batch_helpers import (
+import pytest
+
+from services.inference.engines.fixed_answer import ANSWER
+from tests.support.run_batch import (
     REPO,
     chat_line,
     cli,
@@ -14,8 +17,6 @@ from run_batch_helpers import (
     run_in_process,
     write_lines,
 )
-
-from services.inference.engines.fixed_answer import ANSWER
 
 EXAMPLE = REPO / "examples" / "chat-test.jsonl"
 
@@ -159,7 +160,7 @@ def test_quiet_prints_nothing_on_success(tmp_path: Path) -> None:
 
 
 def test_progress_log_lines_when_stderr_is_not_a_terminal(tmp_path: Path) -> None:
-    from run_batch_helpers import write_many
+    from tests.support.run_batch import write_many
 
     src = write_many(tmp_path / "in.jsonl", 150_000)
     proc = cli("-i", str(src), "-o", str(tmp_path / "out.jsonl"), "--model", "batch-test-model",
@@ -177,7 +178,7 @@ def test_progress_bar_on_a_terminal(tmp_path: Path) -> None:
     import select
     import subprocess
 
-    from run_batch_helpers import OFFHOURS, write_many
+    from tests.support.run_batch import OFFHOURS, write_many
 
     src = write_many(tmp_path / "in.jsonl", 150_000)
     master, slave = pty.openpty()
@@ -205,6 +206,7 @@ def test_progress_bar_on_a_terminal(tmp_path: Path) -> None:
     assert "150,000 total" in text
 
 
+@pytest.mark.slow  # a real model
 async def test_a_real_model_through_the_registry(tmp_path: Path) -> None:
     # SmolLM2-135M on llama.cpp: run-batch drives a slow, real engine the same way.
     lines = (REPO / "examples" / "chat-smollm2.jsonl").read_bytes().splitlines()[:2]

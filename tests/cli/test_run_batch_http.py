@@ -16,7 +16,9 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 from aiohttp import web
-from run_batch_helpers import (
+
+from services.cli.run_batch.locations import staging_path
+from tests.support.run_batch import (
     OFFHOURS,
     REPO,
     acli,
@@ -26,8 +28,6 @@ from run_batch_helpers import (
     write_lines,
     write_many,
 )
-
-from services.cli.run_batch.locations import staging_path
 
 
 @dataclass

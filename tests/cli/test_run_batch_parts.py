@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import io
 import random
+import re
+import time
 from pathlib import Path
 
 import pytest
@@ -10,11 +13,11 @@ import pytest
 from services.cli.run_batch.http_retry import RetryPolicy, is_retryable_status
 from services.cli.run_batch.locations import is_url, redact, staging_path
 from services.cli.run_batch.progress import (
+    Progress,
     Snapshot,
     format_bytes,
     format_duration,
     format_rate,
-    render_bar,
     render_log,
 )
 from services.cli.run_batch.resume import cut_torn_tail
@@ -66,16 +69,32 @@ def test_which_statuses_are_retried() -> None:
     assert not any(is_retryable_status(s) for s in (400, 401, 403, 404, 409, 413))
 
 
-def test_progress_texts() -> None:
+async def _drawn_bar(total_bytes: int | None) -> str:
+    stream = io.StringIO()
+    progress = Progress("bar", stream, position=lambda: 50_000_000, total_bytes=total_bytes, interval=5,
+                        stats=lambda: (PipelineStats(total=1_000, failed=2),
+                                       PipelineStats(total=4_000, succeeded=3_990, failed=10)))
+    progress.started = time.monotonic() - 4
+    progress.start()
+    progress.draw()
+    progress.message("a message")
+    await progress.stop()
+    return stream.getvalue()
+
+
+async def test_progress_texts() -> None:
     snap = Snapshot(lines=5_000, failed=12, new_lines=4_000, read_bytes=50_000_000, total_bytes=100_000_000,
                     elapsed=4.0)
-    bar = render_bar(snap, 100)
-    assert bar.startswith("[") and " 50%" in bar and "5,000 lines" in bar and "1,000/s" in bar
-    assert "12 failed" in bar and "ETA 0:00:04" in bar and len(bar) <= 100
+    frames = (await _drawn_bar(100_000_000)).split("\r")
+    drawn = next(frame for frame in frames if " 50%" in frame)
+    assert drawn.startswith("[") and "5,000 lines · 4,988 ok · 12 failed" in drawn and "lines/s" in drawn
+    assert re.search(r"00:0\d<00:0\d$", drawn.rstrip()), drawn  # elapsed since the run started < ETA
+    assert "a message\n" in frames and frames[-1] == ""  # the message on a line of its own; the bar wiped at the end
     log = render_log(snap)
     assert "5,000 lines done, 12 failed" in log and "50.0 MB of 100.0 MB read (50%)" in log
-    unknown = Snapshot(lines=10, failed=0, new_lines=10, read_bytes=1234, total_bytes=None, elapsed=1.0)
-    assert "1.2 KB read" in render_bar(unknown, 80) and "ETA" not in render_bar(unknown, 80)
+    assert "1,000 lines/s · elapsed 0:00:04 · ETA 0:00:04" in log
+    unknown = await _drawn_bar(None)
+    assert "50.0MB read · 5,000 lines" in unknown and "%" not in unknown
     assert format_duration(3725) == "1:02:05"
     assert format_bytes(999) == "999 B" and format_bytes(1_500_000_000) == "1.5 GB"
     assert format_rate(25_000, 2.0) == "12,500" and format_rate(3, 2.0) == "1.5"

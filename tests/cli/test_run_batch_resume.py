@@ -11,7 +11,8 @@ from pathlib import Path
 
 import orjson
 import pytest
-from run_batch_helpers import (
+
+from tests.support.run_batch import (
     OFFHOURS,
     REPO,
     chat_line,
@@ -81,6 +82,7 @@ def wait_for_growth(proc: subprocess.Popen[bytes], path: Path, min_bytes: int, t
     pytest.fail("output did not grow")
 
 
+@pytest.mark.slow  # SIGKILL of a 200k-line run
 @pytest.mark.parametrize("error_file", [False, True], ids=["one-file", "separate-error-file"])
 def test_resume_after_sigkill_mid_run(tmp_path: Path, error_file: bool) -> None:
     src = tmp_path / "in.jsonl"
@@ -107,6 +109,7 @@ def test_resume_after_sigkill_mid_run(tmp_path: Path, error_file: bool) -> None:
     assert len(ids) == 1  # the resumed run kept the first run's id prefix
 
 
+@pytest.mark.slow  # a 200k-line run, interrupted
 def test_ctrl_c_stops_cleanly_and_resume_finishes(tmp_path: Path) -> None:
     src = tmp_path / "in.jsonl"
     expected = mixed_file(src, N_BIG)

@@ -7,8 +7,10 @@ from pathlib import Path
 from schemas.batch_lines import BatchOutputLine
 from schemas.events import CloudEvent
 from schemas.work import line_id
-from tests.dispatcher.harness import CHAT, Stack, chat_line
-from tests.e2e.harness import write_models_file
+from tests.support.lines import CHAT, chat_line
+from tests.support.models import write_models_file
+from tests.support.stack import Stack
+from tests.support.wait import wait_for
 
 
 async def test_batch_completes_with_lines_in_input_order(stack: Stack, tmp_path: Path) -> None:
@@ -35,9 +37,12 @@ async def test_batch_completes_with_lines_in_input_order(stack: Stack, tmp_path:
     record = await stack.files.get("p1", doc["output_file_id"])
     assert record is not None and record.purpose == "batch_output"
     assert await stack.files.get("p2", doc["output_file_id"]) is None  # another project's file
-    # Parts are deleted once the files are final.
-    assert await stack.store.list_keys(f"batches/{batch_id}/parts/") == []
     assert [c["status"] for c in await stack.ledger.chunks(batch_id)] == ["done"] * 3
+    # Parts are deleted once the files are final: after the terminal status is written, so wait for it.
+    async def parts_deleted() -> bool:
+        return await stack.store.list_keys(f"batches/{batch_id}/parts/") == []
+
+    await wait_for(parts_deleted, 30, what=f"the result parts of {batch_id} to be deleted")
 
 
 async def test_invalid_file_fails_with_located_errors(stack: Stack) -> None:
@@ -90,13 +95,15 @@ async def test_events_are_published_for_every_status(stack: Stack) -> None:
     await stack.wait_status(batch_id)
     types: list[str] = []
     async with Consumer(stack.settings, [batch_events_topic(stack.settings)], group_id="test-reader") as consumer:
-        for _ in range(40):
+        # The terminal event is published after the terminal status is written: read until it is there.
+        async def completed_read() -> bool:
             for record in await consumer.getmany(timeout_ms=250):
                 event = CloudEvent.model_validate_json(record.value)
                 assert record.key == batch_id.encode() and event.subject == batch_id
                 types.append(event.type)
-            if "batch.completed" in types:
-                break
+            return "batch.completed" in types
+
+        await wait_for(completed_read, 30, interval=0, what=lambda: f"batch.completed (read so far: {types})")
     assert [t for t in types if t != "batch.progress"] == [
         "batch.created", "batch.in_progress", "batch.finalizing", "batch.completed",
     ]

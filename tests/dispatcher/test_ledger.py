@@ -12,6 +12,7 @@ from services.dispatcher.progress import ProgressThrottle
 from services.settings import Settings
 from services.state.ledger import ChunkLedger, ChunkPlan
 from services.stores.mongo import close_database, open_database
+from tests.support.wait import wait_for
 
 PLANS = [ChunkPlan(0, 0, 100, 1, 3), ChunkPlan(1, 100, 180, 4, 2), ChunkPlan(2, 180, 200, 6, 1)]
 
@@ -76,7 +77,7 @@ async def test_progress_throttle_coalesces_and_runs_a_trailing_update() -> None:
         state["n"] = i
         throttle.notify("b")
         await asyncio.sleep(0.002)
-    await asyncio.sleep(0.5)
+    await wait_for(lambda: runs[-1] == 50, 5, interval=0.01, what=lambda: f"the trailing update (runs: {runs})")
     await throttle.close()
     # Leading edge saw an early state; the last run saw the final one; far fewer runs than notifies.
     assert runs[-1] == 50 and 1 <= len(runs) <= 5

@@ -5,25 +5,20 @@ worker runs one chunk at a time here, so "the next one" is well defined).
 
 from __future__ import annotations
 
-import asyncio
 import re
-import time
 
-import aiohttp
-
-from tests.e2e.conftest import MakeStack
-from tests.e2e.harness import (
-    CHAT,
-    GATED,
-    GatedUpstream,
+from tests.support.lines import CHAT, chat_line, jsonl
+from tests.support.models import GATED
+from tests.support.processes import (
+    MakeStack,
     ServiceStack,
     assert_exactly_once,
-    chat_line,
     download_lines,
-    jsonl,
     upload,
     wait_status,
 )
+from tests.support.upstream import GatedUpstream
+from tests.support.wait import wait_for
 
 IDS = [f"line-{i}" for i in range(10)]
 
@@ -39,18 +34,26 @@ async def start_gated_batch(stack: ServiceStack, upstream: GatedUpstream):  # ty
 
 
 async def worker_chunk_counts(stack: ServiceStack) -> dict[str, float]:
-    async with aiohttp.ClientSession() as http, http.get(f"{stack.workers[0].ops_url}/metrics") as resp:
-        text = await resp.text()
+    text = await stack.workers[0].metrics_text()
     return {m[0]: float(m[1]) for m in re.findall(r'offhours_worker_chunks_total\{outcome="(\w+)"\} (\S+)', text)}
 
 
 async def wait_worker_handled(stack: ServiceStack, n: int, timeout_s: float = 60) -> dict[str, float]:
-    deadline = time.monotonic() + timeout_s
-    while True:
+    """The worker's chunk counts by outcome, once it has handled at least `n` chunks."""
+    async def handled() -> dict[str, float] | None:
         counts = await worker_chunk_counts(stack)
-        if sum(counts.values()) >= n or time.monotonic() > deadline:
-            return counts
-        await asyncio.sleep(0.1)
+        return counts if sum(counts.values()) >= n else None
+
+    return await wait_for(handled, timeout_s, interval=0.1, what=f"the worker to handle {n} chunks")
+
+
+async def refused_done_results(stack: ServiceStack) -> float:
+    """`done` chunk results the dispatcher received and refused (the ledger had settled the chunk already)."""
+    assert stack.dispatcher is not None
+    text = await stack.dispatcher.metrics_text()
+    found = re.search(r'offhours_dispatcher_results_total\{(?=[^}]*counted="false")(?=[^}]*outcome="done")[^}]*\} (\S+)',
+                      text)
+    return float(found.group(1)) if found else 0.0
 
 
 async def test_cancel_mid_run_drains_in_flight_work_and_keeps_partial_output(
@@ -117,7 +120,8 @@ async def test_expiry_keeps_finished_lines_and_fails_the_rest(make_stack: MakeSt
     await upstream.release_all()
     counts = await wait_worker_handled(stack, 5)
     assert counts.get("done") == 2.0
-    await asyncio.sleep(1.0)
+    # Wait until the dispatcher has received the late result and refused it, then look again.
+    await wait_for(lambda: refused_done_results(stack), what="the dispatcher to refuse the late result")
     again = await client.batches.retrieve(batch_id)
     assert again.status == "expired" and again.request_counts == batch.request_counts
     assert await download_lines(client, again.output_file_id) == output

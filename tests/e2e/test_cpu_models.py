@@ -9,22 +9,10 @@ import pytest
 import pytest_asyncio
 
 from services.settings import Settings
-from tests.e2e.harness import (
-    CHAT,
-    ServiceStack,
-    assert_exactly_once,
-    chat_line,
-    download_lines,
-    fast_settings,
-    jsonl,
-    upload,
-    wait_status,
-    write_models_file,
-)
-
-CHAT_MODEL = "smollm2-135m-instruct"
-EMBED_MODEL = "all-minilm-l6-v2"
-EMBEDDINGS = "/v1/embeddings"
+from tests.support.lines import CHAT, EMBEDDINGS, chat_line, jsonl
+from tests.support.models import CHAT_MODEL, EMBEDDINGS_MODEL, write_models_file
+from tests.support.processes import ServiceStack, assert_exactly_once, download_lines, upload, wait_status
+from tests.support.settings import fast_settings
 
 pytestmark = pytest.mark.slow
 
@@ -36,7 +24,7 @@ async def stack(module_settings: Settings, tmp_path_factory: pytest.TempPathFact
                       llama_threads=1)
     st = ServiceStack(s, tmp / "logs")
     try:
-        await st.start(workers=(CHAT_MODEL, EMBED_MODEL))
+        await st.start(workers=(CHAT_MODEL, EMBEDDINGS_MODEL))
         yield st
     finally:
         await st.close()
@@ -79,7 +67,7 @@ async def test_embeddings_batch(stack: ServiceStack) -> None:
     texts = {"e0": "The cat sat on the mat.", "e1": "A feline rested on a rug.", "e2": "Stock markets fell today.",
              "e3": ["two", "inputs"]}
     lines = [orjson.dumps({"custom_id": cid, "method": "POST", "url": EMBEDDINGS,
-                           "body": {"model": EMBED_MODEL, "input": text}}) for cid, text in texts.items()]
+                           "body": {"model": EMBEDDINGS_MODEL, "input": text}}) for cid, text in texts.items()]
     batch = await client.batches.create(input_file_id=await upload(client, jsonl(lines)), endpoint=EMBEDDINGS,
                                         completion_window="24h")
     batch = await wait_status(client, batch.id, timeout_s=300)
@@ -89,7 +77,7 @@ async def test_embeddings_batch(stack: ServiceStack) -> None:
     vectors = {}
     for o in output:
         body = o["response"]["body"]
-        assert body["object"] == "list" and body["model"] == EMBED_MODEL
+        assert body["object"] == "list" and body["model"] == EMBEDDINGS_MODEL
         assert all(len(d["embedding"]) == 384 for d in body["data"])
         vectors[o["custom_id"]] = body["data"][0]["embedding"]
     assert len(output[3]["response"]["body"]["data"]) == 2

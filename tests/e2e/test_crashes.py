@@ -7,22 +7,20 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import time
 from typing import Any
 
-from tests.e2e.conftest import MakeStack
-from tests.e2e.harness import (
-    CHAT,
-    GATED,
-    GatedUpstream,
+from tests.support.lines import CHAT, chat_line, jsonl
+from tests.support.models import GATED
+from tests.support.processes import (
+    MakeStack,
     ServiceStack,
     assert_exactly_once,
-    chat_line,
     download_lines,
-    jsonl,
     upload,
     wait_status,
 )
+from tests.support.upstream import GatedUpstream
+from tests.support.wait import wait_for
 
 IDS = [f"line-{i}" for i in range(10)]
 
@@ -80,13 +78,10 @@ async def test_dispatcher_sigkilled_mid_batch_recovers_on_restart(
     client, batch_id = await gated_batch_mid_run(stack, upstream)
     assert stack.dispatcher is not None
     stack.dispatcher.kill()
-    # The workers carry on: their results wait in the results topic, uncounted.
+    # The workers carry on: their results wait in the results topic, uncounted (the dispatcher is dead:
+    # the ledger moves only for results it counted).
     await upstream.release_all()
-    deadline = time.monotonic() + 60
-    while await stack.ledger.count_pending(batch_id) and time.monotonic() < deadline:
-        await asyncio.sleep(0.2)  # (the dispatcher is dead: the ledger moves only for results it counted)
-        if upstream.answered >= 10:
-            break
+    await wait_for(lambda: upstream.answered >= 10, 60, interval=0.2, what="the worker to run every request")
     assert (await client.batches.retrieve(batch_id)).status == "in_progress"
     await stack.dispatcher.start()
 
@@ -102,12 +97,11 @@ async def test_dispatcher_sigkilled_during_validation_recovers(make_stack: MakeS
     batch = await client.batches.create(input_file_id=file_id, endpoint=CHAT, completion_window="24h")
     # Kill it as soon as the batch is no longer untouched (validating or beyond): wherever that lands
     # — mid-validation, mid-dispatch, mid-results or mid-finalize — the restart must finish the job.
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
+    async def touched() -> bool:
         current = await client.batches.retrieve(batch.id)
-        if current.status != "validating" or await stack.ledger.chunks(batch.id):
-            break
-        await asyncio.sleep(0.01)
+        return current.status != "validating" or bool(await stack.ledger.chunks(batch.id))
+
+    await wait_for(touched, 30, interval=0.01, what="the dispatcher to start on the batch")
     stack.dispatcher.kill()
     await stack.dispatcher.start()
     await check_complete(client, batch.id, ids)
@@ -116,14 +110,14 @@ async def test_dispatcher_sigkilled_during_validation_recovers(make_stack: MakeS
 async def test_two_workers_share_one_batch(make_stack: MakeStack) -> None:
     stack = await make_stack(workers=("null-model", "null-model"), chunk_lines={"null_model": 100})
     # Wait until the group has settled with both members owning partitions.
-    deadline = time.monotonic() + 60
-    while True:
+    owned: list[set[int]] = []
+
+    async def shared() -> bool:
         docs = await stack.db["workers"].find({"model": "null-model"}).to_list(None)
-        owned = [set(d.get("stats", {}).get("partitions") or ()) for d in docs]
-        if len(owned) == 2 and all(owned) and not (owned[0] & owned[1]) and len(owned[0] | owned[1]) == 8:
-            break
-        assert time.monotonic() < deadline, f"workers never shared the topic: {owned}"
-        await asyncio.sleep(0.2)
+        owned[:] = [set(d.get("stats", {}).get("partitions") or ()) for d in docs]
+        return len(owned) == 2 and all(owned) and not (owned[0] & owned[1]) and len(owned[0] | owned[1]) == 8
+
+    await wait_for(shared, 60, interval=0.2, what=lambda: f"the workers to share the topic (owned: {owned})")
     client = await stack.client()
     ids = [f"s{i:04d}" for i in range(3000)]  # 30 chunks over 8 partitions
     batch = await client.batches.create(input_file_id=await upload(client, jsonl(chat_line(c) for c in ids)),

@@ -14,18 +14,10 @@ from aiohttp import web
 
 from schemas.batch_lines import BatchOutputLine
 from services.settings import Settings
-from tests.e2e.harness import (
-    CHAT,
-    ServiceStack,
-    assert_exactly_once,
-    chat_line,
-    download_lines,
-    fast_settings,
-    jsonl,
-    upload,
-    wait_status,
-    write_models_file,
-)
+from tests.support.lines import CHAT, chat_line, jsonl
+from tests.support.models import write_models_file
+from tests.support.processes import ServiceStack, assert_exactly_once, download_lines, upload, wait_status
+from tests.support.settings import fast_settings
 
 DS_TEST = "/v1/chat/ds-test"
 

@@ -9,9 +9,7 @@ import pytest_asyncio
 from services.inference.engines.embeddings import EmbeddingsEngine
 from services.inference.engines.llama_cpp import LlamaCppEngine
 from services.inference.registry import get_model
-
-CHAT_MODEL = "smollm2-135m-instruct"
-EMBEDDINGS_MODEL = "all-minilm-l6-v2"
+from tests.support.models import CHAT_MODEL, EMBEDDINGS_MODEL
 
 
 @pytest_asyncio.fixture(scope="session", loop_scope="session")

@@ -11,7 +11,9 @@ import pytest
 from schemas.inference import CreateEmbeddingResponse
 from services.inference.engines.base import EngineRequest
 from services.inference.engines.embeddings import EmbeddingsEngine
-from tests.engines.conftest import EMBEDDINGS_MODEL
+from tests.support.models import EMBEDDINGS_MODEL
+
+pytestmark = pytest.mark.slow  # a real model
 
 EMBEDDINGS = "/v1/embeddings"
 

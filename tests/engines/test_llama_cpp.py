@@ -17,7 +17,9 @@ from schemas.inference import ChatCompletion, Completion
 from services.inference.engines.base import EngineRequest, EngineResult
 from services.inference.engines.llama_cpp import LlamaCppEngine
 from services.inference.registry import RegistryError
-from tests.engines.conftest import CHAT_MODEL
+from tests.support.models import CHAT_MODEL
+
+pytestmark = pytest.mark.slow  # a real model
 
 CHAT = "/v1/chat/completions"
 COMPLETIONS = "/v1/completions"

@@ -54,6 +54,7 @@ def by_id(lines: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return {x["custom_id"]: x for x in lines}
 
 
+@pytest.mark.slow  # real models
 def test_chat_and_completions_through_run_batch(tmp_path: Path) -> None:
     chat, comp = "/v1/chat/completions", "/v1/completions"
     lines = [
@@ -98,6 +99,7 @@ def test_chat_and_completions_through_run_batch(tmp_path: Path) -> None:
     assert "3 succeeded" in stderr and "3 failed" in stderr
 
 
+@pytest.mark.slow  # real models
 def test_embeddings_through_run_batch(tmp_path: Path) -> None:
     url = "/v1/embeddings"
     texts = [f"sentence number {i} about batching" for i in range(40)]
@@ -156,6 +158,7 @@ def _server_pid(port: int) -> int | None:
     return None
 
 
+@pytest.mark.slow  # real models
 def test_upstream_managed_server_killed_mid_run(tmp_path: Path) -> None:
     port = free_port()
     models = _upstream_models_file(tmp_path, port)

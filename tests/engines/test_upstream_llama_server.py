@@ -22,6 +22,8 @@ from services.inference.engines.model_files import SMOLLM2_GGUF
 from services.inference.engines.upstream import UpstreamEngine
 from services.inference.pipeline import Pipeline, PipelineStats
 
+pytestmark = pytest.mark.slow  # a real model behind a real llama.cpp server
+
 MODEL = "smollm2-upstream"
 N_CTX = 512
 OVERFLOW = "word " * 600  # over the server's 512-token window

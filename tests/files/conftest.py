@@ -10,11 +10,11 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 import pytest_asyncio
-from files_harness import FilesApi, MakeFilesApi
 
 from services.files.app import create_files_app
 from services.settings import Settings
-from tests.app_servers import serving
+from tests.support.files import FilesApi, MakeFilesApi
+from tests.support.servers import serving
 
 
 @pytest_asyncio.fixture(loop_scope="session")

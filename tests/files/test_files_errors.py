@@ -9,7 +9,9 @@ from typing import Any
 import aiohttp
 import openai
 import pytest
-from files_harness import FilesApi, MakeFilesApi, jsonl_lines
+
+from tests.support.files import FilesApi, MakeFilesApi, jsonl_lines
+from tests.support.wait import wait_for
 
 
 def assert_error(status: int, body: Any, want_status: int, *, param: str | None = None,
@@ -250,16 +252,14 @@ async def test_client_disconnect_mid_upload_leaves_nothing(files_api: FilesApi) 
     for _ in range(7):
         writer.write(b"\0" * (1024 * 1024))
         await writer.drain()
-    for _ in range(100):  # wait until the server has started the upload
-        if (await files_api.leftovers())[1]:
-            break
-        await asyncio.sleep(0.05)
-    else:
-        pytest.fail("the server never started the upload")
+    async def upload_started() -> bool:
+        return bool((await files_api.leftovers())[1])
+
+    await wait_for(upload_started, 5, what="the server to start the upload")
     writer.close()
     await writer.wait_closed()
-    for _ in range(100):
-        if await files_api.leftovers() == ([], []):
-            break
-        await asyncio.sleep(0.05)
-    assert await files_api.leftovers() == ([], [])
+
+    async def undone() -> bool:
+        return await files_api.leftovers() == ([], [])
+
+    await wait_for(undone, 5, what="the aborted upload to be undone")

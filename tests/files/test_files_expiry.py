@@ -8,9 +8,10 @@ import time
 
 import openai
 import pytest
-from files_harness import FilesApi, MakeFilesApi
 
 from services.state.files import DELETING, FILES_COLLECTION, UPLOADING, new_file_id
+from tests.support.files import FilesApi, MakeFilesApi
+from tests.support.wait import wait_for
 
 
 async def _age(api: FilesApi, file_id: str, **fields: float) -> None:
@@ -65,11 +66,11 @@ async def test_sweeper_task_runs_in_the_app(make_files_api: MakeFilesApi) -> Non
     f = await client.files.create(file=("a.txt", b"x"), purpose="user_data",
                                   expires_after={"anchor": "created_at", "seconds": 3600})
     await _age(api, f.id, expires_at=time.time() - 1)
-    for _ in range(100):
-        if await api.leftovers() == ([], []):
-            break
-        await asyncio.sleep(0.1)
-    assert await api.leftovers() == ([], [])
+
+    async def swept() -> bool:
+        return await api.leftovers() == ([], [])
+
+    await wait_for(swept, 10, what="the app's sweeper to remove the expired file")
 
 
 async def test_two_sweepers_remove_each_file_once(files_api: FilesApi) -> None:
@@ -78,10 +79,10 @@ async def test_two_sweepers_remove_each_file_once(files_api: FilesApi) -> None:
     for i in range(6):
         f = await client.files.create(file=(f"{i}.txt", b"x"), purpose="user_data",
                                       expires_after={"anchor": "created_at", "seconds": 3600})
-        await _age(files_api, f.id, expires_at=time.time() - 1)
         ids.append(f.id)
-    a, b = await asyncio.gather(files_api.store.sweep(stale_upload_seconds=3600),
-                                files_api.store.sweep(stale_upload_seconds=3600))
+    expired = time.time() + 7200  # both sweep on a clock past every file's expiry
+    a, b = await asyncio.gather(files_api.store.sweep(stale_upload_seconds=3600, now=expired),
+                                files_api.store.sweep(stale_upload_seconds=3600, now=expired))
     assert a.expired + b.expired == len(ids)
     assert await files_api.leftovers() == ([], [])
 

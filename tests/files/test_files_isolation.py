@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import openai
 import pytest
-from files_harness import FilesApi, jsonl_lines
+
+from tests.support.files import FilesApi, jsonl_lines
 
 
 async def test_other_projects_file_is_not_found(files_api: FilesApi) -> None:

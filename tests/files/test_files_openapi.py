@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from files_harness import FilesApi
+from tests.support.files import FilesApi
 
 
 async def test_files_routes_are_documented(files_api: FilesApi) -> None:

@@ -6,9 +6,8 @@ import time
 
 import openai
 import pytest
-from files_harness import FilesApi, jsonl_lines
 
-from services.state.files import FILES_COLLECTION
+from tests.support.files import FilesApi, jsonl_lines
 
 
 async def test_deleted_pinned_file_keeps_its_bytes_until_unpinned(files_api: FilesApi) -> None:
@@ -23,32 +22,32 @@ async def test_deleted_pinned_file_keeps_its_bytes_until_unpinned(files_api: Fil
     with pytest.raises(openai.NotFoundError):  # gone for the API at once ...
         await client.files.retrieve(f.id)
     assert await store.pin("p", f.id, "batch_2") is None  # ... and for new readers
-    # ... but the running batch still reads its bytes, even across sweeps.
-    await files_api.db[FILES_COLLECTION].update_one({"_id": f.id}, {"$set": {"updated_at": time.time() - 3600}})
-    assert (await store.sweep(stale_upload_seconds=3600)).total == 0
+    # ... but the running batch still reads its bytes, even across sweeps an hour later.
+    later = time.time() + 3600
+    assert (await store.sweep(stale_upload_seconds=3600, now=later)).total == 0
     assert await files_api.objects.get_bytes(record.key) == jsonl_lines(3)
 
     await store.unpin(f.id, "batch_1")
-    assert (await store.sweep(stale_upload_seconds=3600)).deleted == 1
+    assert (await store.sweep(stale_upload_seconds=3600, now=later)).deleted == 1
     assert await files_api.leftovers() == ([], [])
 
 
 async def test_expired_pinned_file_waits_for_its_holders(files_api: FilesApi) -> None:
     client = files_api.client(await files_api.key("p"))
-    f = await client.files.create(file=("in.jsonl", jsonl_lines(1)), purpose="batch")
+    f = await client.files.create(file=("in.jsonl", jsonl_lines(1)), purpose="batch",
+                                  expires_after={"anchor": "created_at", "seconds": 3600})
     store = files_api.store
     await store.pin("p", f.id, "batch_a")
     await store.pin("p", f.id, "batch_b")
-    await files_api.db[FILES_COLLECTION].update_one({"_id": f.id}, {"$set": {"expires_at": time.time() - 1}})
 
-    await store.sweep(stale_upload_seconds=3600)
+    expired = time.time() + 7200  # sweeps run on a clock past the file's expiry
+    await store.sweep(stale_upload_seconds=3600, now=expired)
     assert (await files_api.leftovers())[0] == [f"files/{f.id}"]
     await store.unpin(f.id, "batch_a")
-    await files_api.db[FILES_COLLECTION].update_one({"_id": f.id}, {"$set": {"updated_at": time.time() - 3600}})
-    await store.sweep(stale_upload_seconds=3600)
+    await store.sweep(stale_upload_seconds=3600, now=expired + 3600)
     assert (await files_api.leftovers())[0] == [f"files/{f.id}"]  # batch_b still reads it
     await store.unpin(f.id, "batch_b")
-    await store.sweep(stale_upload_seconds=3600)
+    await store.sweep(stale_upload_seconds=3600, now=expired + 3600)
     assert await files_api.leftovers() == ([], [])
 
 

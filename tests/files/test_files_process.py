@@ -22,10 +22,13 @@ from services.settings import Settings
 from services.state.files import FILES_COLLECTION, UPLOADING
 from services.stores.mongo import close_database, open_database
 from services.stores.s3 import ObjectStore
+from tests.support.wait import wait_for
 
 MIB = 1024 * 1024
 SERVER_RSS_GROWTH_LIMIT = 96 * MIB
 CLIENT_RSS_GROWTH_LIMIT = 64 * MIB
+
+pytestmark = pytest.mark.slow  # a 300 MB file and SIGKILLed api processes
 
 
 def batch_line(i: int, size: int) -> bytes:
@@ -73,7 +76,6 @@ async def download_digest(session: aiohttp.ClientSession, url: str, key: str, fi
     return size, digest.hexdigest()
 
 
-@pytest.mark.slow
 async def test_300_mb_upload_and_download_in_bounded_memory(settings: Settings, tmp_path: Path) -> None:
     lines, line_size = 48_000, 6_554  # ≈ 300 MiB, under the 50,000-line limit: the JSONL check runs throughout
     api = await ApiProcess(settings, log_file=tmp_path / "api.log").start()
@@ -133,11 +135,11 @@ async def test_sigkill_during_upload_leaves_nothing_after_the_sweep(settings: Se
             await half_sent.wait()
             db = open_database(settings)
             try:
-                for _ in range(100):  # the server has recorded the upload and is streaming it
-                    if await db[FILES_COLLECTION].count_documents({"state": UPLOADING}):
-                        break
-                    await asyncio.sleep(0.05)
-                await asyncio.sleep(0.5)
+                async def uploading_recorded() -> bool:
+                    return bool(await db[FILES_COLLECTION].count_documents({"state": UPLOADING}))
+
+                await wait_for(uploading_recorded, 5, what="the server to record the upload")
+                await asyncio.sleep(0.5)  # a dwell, not a wait: let it stream more parts to S3 before the kill
                 api.kill()
                 with pytest.raises(aiohttp.ClientError):
                     await uploading
@@ -148,11 +150,10 @@ async def test_sigkill_during_upload_leaves_nothing_after_the_sweep(settings: Se
                     settings.model_copy(update={"files_stale_upload_seconds": 1, "files_sweep_interval_seconds": 0.2}),
                     port=api.port, log_file=tmp_path / "api.log",
                 ).start()
-                for _ in range(150):
-                    if not await db[FILES_COLLECTION].count_documents({}):
-                        break
-                    await asyncio.sleep(0.2)
-                assert await db[FILES_COLLECTION].count_documents({}) == 0
+                async def reclaimed() -> bool:
+                    return not await db[FILES_COLLECTION].count_documents({})
+
+                await wait_for(reclaimed, 30, interval=0.2, what="the sweeper to reclaim the abandoned upload")
             finally:
                 await close_database(db)
         async with ObjectStore(settings) as objects:

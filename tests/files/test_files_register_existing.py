@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
-from files_harness import FilesApi
 
 from services.state.files import new_file_id, object_key
+from tests.support.files import FilesApi
 
 
 async def test_registered_object_is_a_file_of_the_project(files_api: FilesApi) -> None:

@@ -6,7 +6,8 @@ import io
 
 import openai
 import pytest
-from files_harness import FilesApi, jsonl_lines
+
+from tests.support.files import FilesApi, jsonl_lines
 
 
 async def test_sdk_round_trip(files_api: FilesApi) -> None:

@@ -1,4 +1,5 @@
-"""Serves http_harness.build_app on loopback over the session's real MongoDB and S3."""
+"""Serves the convention test app (tests/support/http_app.py) on loopback over the session's real
+MongoDB and S3."""
 
 from __future__ import annotations
 
@@ -7,10 +8,10 @@ from collections.abc import AsyncIterator
 import aiohttp
 import pytest_asyncio
 from aiohttp.test_utils import TestServer
-from http_harness import Served, build_app
 
 from services.http.logging_setup import JsonAccessLogger
 from services.settings import Settings
+from tests.support.http_app import Served, build_app
 
 
 @pytest_asyncio.fixture(loop_scope="session")

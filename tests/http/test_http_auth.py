@@ -7,13 +7,13 @@ import subprocess
 import sys
 
 import pytest
-from http_harness import Served
 
 from services.http.auth import API_KEYS_COLLECTION, ApiKeyStore, hash_key, key_hint, validate_project_name
 from services.http.service import DB_KEY
 from services.runtime.child_process import settings_env
 from services.settings import Settings
 from services.stores.mongo import close_database, open_database
+from tests.support.http_app import Served
 
 
 @pytest.mark.parametrize("header", [

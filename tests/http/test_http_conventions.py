@@ -7,9 +7,9 @@ import logging
 
 import aiohttp
 import pytest
-from http_harness import Served
 
 from services.http.request_id import REQUEST_ID_HEADER
+from tests.support.http_app import Served
 
 ERROR_KEYS = {"message", "type", "param", "code"}
 

@@ -11,11 +11,12 @@ import socket
 import aiohttp
 import pytest
 from aiohttp.test_utils import TestServer
-from http_harness import Served, build_app
 
 from services.http.health import add_health_check
 from services.http.logging_setup import ACCESS_LOGGER, JsonFormatter, configure_logging
 from services.settings import Settings
+from tests.support.http_app import Served, build_app
+from tests.support.wait import wait_for
 
 
 async def test_healthz_checks_mongo_and_s3(served: Served) -> None:
@@ -96,12 +97,10 @@ async def test_access_log_is_structured(served: Served, caplog: pytest.LogCaptur
     with caplog.at_level(logging.INFO, logger=ACCESS_LOGGER):
         resp = await served.call("GET", "/v1/bad", key, headers={"x-request-id": "trace-1"})
         # The server logs after the last byte is sent, which may be after the client has it.
-        for _ in range(100):
-            records = [r for r in caplog.records
-                       if r.name == ACCESS_LOGGER and getattr(r, "request_id", None) == "trace-1"]
-            if records:
-                break
-            await asyncio.sleep(0.01)
+        def logged() -> list[logging.LogRecord]:
+            return [r for r in caplog.records if r.name == ACCESS_LOGGER and getattr(r, "request_id", None) == "trace-1"]
+
+        records = await wait_for(logged, 5, interval=0.01, what="the access log record")
     assert resp.status == 400
     assert len(records) == 1
     line = json.loads(JsonFormatter().format(records[0]))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import orjson
+import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 
 from events.bus import Consumer, Producer, header_value, loads
@@ -52,6 +53,7 @@ async def _collect(consumer: Consumer, n: int) -> list:
     return out
 
 
+@pytest.mark.slow  # waits out consumer-group sessions and rebalances
 async def test_produce_consume_commit_resume(settings: Settings) -> None:
     topic = work_results_topic(settings)
     await ensure_topics(settings, [topic], partitions=2)

@@ -18,6 +18,7 @@ def _settings(state_dir: Path) -> Settings:
     return Settings(state_dir=state_dir, s3_bucket="launcher-test")
 
 
+@pytest.mark.slow  # starts a second stack of servers
 async def test_up_status_idempotent_down(tmp_path: Path) -> None:
     launcher = Launcher(_settings(tmp_path), state_dir=tmp_path, free_ports=True)
     assert [s.state for s in await launcher.status()] == ["stopped"] * 3
@@ -87,6 +88,7 @@ def test_cli_help_and_parsing() -> None:
         parser.parse_args(["infra", "up", "--help"])
 
 
+@pytest.mark.slow  # starts, stops and restarts a second stack of servers
 async def test_persist_keeps_kafka_data_across_restart(tmp_path: Path) -> None:
     """--persist: Tansu stores topics on the local S3, so a down/up cycle keeps messages."""
     from events.bus import Consumer, Producer

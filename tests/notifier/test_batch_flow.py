@@ -8,15 +8,15 @@ from pathlib import Path
 
 import aiohttp
 import orjson
+import pytest
 import pytest_asyncio
 
 from services.runtime.child_process import ServiceProcess
-from tests.e2e.conftest import make_stack, upstream  # noqa: F401 - fixtures of the e2e stack
-from tests.e2e.harness import ServiceStack, chat_line, jsonl, upload, wait_status
+from tests.support.lines import chat_line, jsonl
+from tests.support.notifier import MakeReceiver, run_example, unwrap
+from tests.support.processes import MakeStack, ServiceStack, upload, wait_status
 
-from .conftest import MakeReceiver
-from .helpers import unwrap
-from .test_events_contract import run_example
+pytestmark = pytest.mark.e2e  # the whole service as processes
 
 WEBHOOK_SETTINGS = {
     "webhook_allowlist": ["127.0.0.1/32"],
@@ -27,7 +27,7 @@ WEBHOOK_SETTINGS = {
 
 
 @pytest_asyncio.fixture(loop_scope="session")
-async def stack(make_stack, tmp_path: Path) -> AsyncIterator[tuple[ServiceStack, ServiceProcess]]:  # noqa: F811
+async def stack(make_stack: MakeStack, tmp_path: Path) -> AsyncIterator[tuple[ServiceStack, ServiceProcess]]:
     s = await make_stack(workers=("null-model",), **WEBHOOK_SETTINGS)
     notifier = ServiceProcess(s.settings, ["notifier"], name="notifier", log_file=s.logs / "notifier.log")
     await notifier.start()

@@ -7,8 +7,8 @@ import base64
 import openai
 import pytest
 
-from .conftest import Api, MakeApi, MakeReceiver
-from .helpers import unwrap
+from tests.support.api import Api, MakeApi
+from tests.support.notifier import MakeReceiver, unwrap
 
 DEFAULT_EVENTS = ["batch.completed", "batch.failed", "batch.expired", "batch.cancelled"]
 

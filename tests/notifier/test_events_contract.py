@@ -3,37 +3,19 @@ reads every event of a batch in order, in its own consumer group, and checks eac
 
 from __future__ import annotations
 
-import asyncio
 import sys
-import uuid
-from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
 
-from events.topics import batch_events_topic
 from schemas.events import CLOUDEVENTS_CONTENT_TYPE, batch_event
 from services.settings import Settings
 from services.state.batches import to_api
-
-from .conftest import Batches
-
-EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "consume_events.py"
+from tests.support.notifier import EXAMPLE, Batches, run_example
 
 
-async def run_example(settings: Settings, *args: str, timeout_s: float = 120) -> tuple[list[dict[str, Any]], str]:
-    """Run the example as a separate process; its JSON lines and its stderr."""
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, str(EXAMPLE), "--bootstrap", settings.kafka_bootstrap_servers,
-        "--topic", batch_events_topic(settings), "--group", f"example-{uuid.uuid4().hex[:8]}", *args,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await asyncio.wait_for(proc.communicate(), timeout_s)
-    assert proc.returncode == 0, err.decode()
-    return [orjson.loads(line) for line in out.splitlines() if line.strip()], err.decode()
-
-
+@pytest.mark.slow  # the example as a process, ended by its idle timeout
 async def test_the_example_reads_a_batch_in_order_checked_and_deduplicated(batches: Batches, wh_settings: Settings) -> None:
     other = await batches.create("p-other")
     batch_id = await batches.create("p-events")

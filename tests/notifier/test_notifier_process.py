@@ -12,9 +12,11 @@ from services.notifier.deliveries import DeliveryStore
 from services.runtime.child_process import ServiceProcess
 from services.settings import Settings
 from services.stores.mongo import close_database, open_database
+from tests.support.api import Api
+from tests.support.notifier import Batches, MakeReceiver, unwrap
+from tests.support.wait import wait_for
 
-from .conftest import Api, Batches, MakeReceiver
-from .helpers import eventually, unwrap
+pytestmark = pytest.mark.slow  # SIGKILL of a real notifier process
 
 
 def notifier_process(settings: Settings, log_file: Path) -> ServiceProcess:
@@ -48,10 +50,10 @@ async def test_sigkill_with_retries_pending_then_restart_delivers_with_the_same_
     deliveries = DeliveryStore(db)
     try:
         async def failed_and_pending() -> dict[str, Any] | None:
-            doc = await deliveries.collection.find_one({"batch_id": batch_id})
+            doc = await deliveries.for_batch(batch_id)
             return doc if doc and doc["status"] == "pending" and doc["attempt_count"] >= 1 else None
 
-        before = await eventually(failed_and_pending, what="a failed attempt recorded with a retry pending")
+        before = await wait_for(failed_and_pending, what="a failed attempt recorded with a retry pending")
         first.kill()
         sent_before_kill = len(receiver.requests)
         assert sent_before_kill >= 1
@@ -62,10 +64,10 @@ async def test_sigkill_with_retries_pending_then_restart_delivers_with_the_same_
         second.spawn()
 
         async def delivered() -> dict[str, Any] | None:
-            doc = await deliveries.collection.find_one({"batch_id": batch_id})
+            doc = await deliveries.for_batch(batch_id)
             return doc if doc and doc["status"] == "delivered" else None
 
-        after = await eventually(delivered, timeout_s=90, what="delivery by the restarted notifier")
+        after = await wait_for(delivered, timeout_s=90, what="delivery by the restarted notifier")
         metrics = await second.metrics_text()
         assert 'offhours_notifier_attempts_total{outcome="succeeded"}' in metrics
         exit_status = second.stop()

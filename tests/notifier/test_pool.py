@@ -8,6 +8,7 @@ from collections.abc import Awaitable, Callable
 import pytest
 
 from services.notifier.pool import DeliveryPool
+from tests.support.wait import wait_for
 
 
 async def test_a_stuck_target_holds_only_its_own_slots() -> None:
@@ -30,8 +31,7 @@ async def test_a_stuck_target_holds_only_its_own_slots() -> None:
         assert pool.submit("stuck", stuck)
     for i in range(20):
         assert pool.submit("ok", ok(i))
-    while len(done) < 20:  # noqa: ASYNC110
-        await asyncio.sleep(0.01)
+    await wait_for(lambda: len(done) == 20, 5, interval=0.01, what="the healthy target's 20 deliveries")
     assert running["stuck"] == 2  # never more than its per-target share, however many wait
     assert sorted(done) == list(range(20))
     gate.set()

@@ -13,7 +13,8 @@ from services.state.workers import live_models
 from services.worker.chunk_io import read_chunk_items
 from services.worker.heartbeat import Heartbeat
 from services.worker.service import Worker
-from tests.dispatcher.harness import CHAT, Stack, chat_line
+from tests.support.lines import CHAT, chat_line
+from tests.support.stack import Stack
 
 BOM = b"\xef\xbb\xbf"
 

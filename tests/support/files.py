@@ -1,4 +1,4 @@
-"""What the Files API tests share: a server handle with keys, an SDK client and raw HTTP."""
+"""A handle on the Files API app served on loopback: keys, an SDK client, raw HTTP and hand-built uploads."""
 
 from __future__ import annotations
 

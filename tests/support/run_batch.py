@@ -1,4 +1,4 @@
-"""Helpers of the run-batch tests: request lines, files, the real command, result checks."""
+"""Helpers of the run-batch tests: request lines, input files, the real command, result checks."""
 
 from __future__ import annotations
 

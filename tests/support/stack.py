@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,24 +26,9 @@ from services.stores.mongo import close_database, open_database
 from services.stores.s3 import ObjectStore
 from services.worker.heartbeat import Heartbeat
 from services.worker.service import Worker
-
-CHAT = "/v1/chat/completions"
-TERMINAL = ("completed", "failed", "expired", "cancelled")
-
-
-def chat_line(custom_id: str, model: str = "null-model", **body: Any) -> bytes:
-    body = {"model": model, "messages": [{"role": "user", "content": f"hello {custom_id}"}], **body}
-    return orjson.dumps({"custom_id": custom_id, "method": "POST", "url": CHAT, "body": body})
-
-
-def fast(settings: Settings, **overrides: Any) -> Settings:
-    """Short intervals so tests do not wait on production timers."""
-    values: dict[str, Any] = {
-        "sweep_interval_seconds": 0.3, "progress_interval_seconds": 0.2, "outbox_stale_seconds": 1.0,
-        "worker_heartbeat_interval_seconds": 1.0, "kafka_session_timeout_seconds": 6.0,
-    }
-    values.update(overrides)
-    return settings.model_copy(update=values)
+from tests.support.lines import CHAT, TERMINAL
+from tests.support.settings import fast_settings
+from tests.support.wait import wait_for
 
 
 @dataclass
@@ -82,14 +66,14 @@ class Stack:
         return str(doc["_id"])
 
     async def wait_status(self, batch_id: str, statuses: Sequence[str] = TERMINAL, timeout_s: float = 60) -> dict:
-        deadline = time.monotonic() + timeout_s
-        while True:
-            doc = await self.batches.get(batch_id)
-            if doc is not None and doc["status"] in statuses:
-                return doc
-            if time.monotonic() > deadline:
-                raise AssertionError(f"batch {batch_id} still {doc and doc['status']} after {timeout_s}s")
-            await asyncio.sleep(0.05)
+        seen: dict[str, Any] = {}
+
+        async def reached() -> dict | None:
+            doc = seen["doc"] = await self.batches.get(batch_id)
+            return doc if doc is not None and doc["status"] in statuses else None
+
+        return await wait_for(reached, timeout_s, what=lambda: (
+            f"batch {batch_id} to be {'/'.join(statuses)} (still {(seen.get('doc') or {}).get('status')})"))
 
     async def lines_of(self, file_id: str | None) -> list[dict[str, Any]]:
         if file_id is None:
@@ -136,7 +120,7 @@ class Stack:
 @contextlib.asynccontextmanager
 async def open_stack(settings: Settings) -> AsyncIterator[Stack]:
     """Connections for one test; dispatchers and workers started on it are stopped on exit."""
-    s = fast(settings)
+    s = fast_settings(settings)
     db = open_database(s)
     store = await ObjectStore(s).open()
     producer = Producer(s)

@@ -1,8 +1,8 @@
-"""Helpers of the batches tests: the `Api` handle the fixtures in conftest.py give, request lines."""
+"""A handle on the public API app (files + batches + webhooks) served on loopback: API keys for fresh
+projects, the official `openai` SDK, plain HTTP, and the stores behind the server."""
 
 from __future__ import annotations
 
-import json
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -17,15 +17,6 @@ from services.settings import Settings
 from services.state.batches import BatchStore
 from services.state.files import FileStore, new_file_id, object_key
 from services.stores.s3 import ObjectStore
-
-
-def request_line(i: int, *, model: str = "batch-test-model", url: str = "/v1/chat/completions") -> dict[str, Any]:
-    return {"custom_id": f"req-{i}", "method": "POST", "url": url,
-            "body": {"model": model, "messages": [{"role": "user", "content": f"hello {i}"}]}}
-
-
-def jsonl(n: int, **kw: Any) -> bytes:
-    return b"".join(json.dumps(request_line(i, **kw)).encode() + b"\n" for i in range(n))
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""Real aiohttp servers on loopback for API tests, with the stores a test needs to look behind them."""
+"""Real aiohttp apps on loopback ports, with the stores a test needs to look behind them."""
 
 from __future__ import annotations
 

@@ -1,5 +1,6 @@
 """The app the HTTP convention tests serve: create_service_app plus routes that fail in every way a
-handler can, and the `Served` handle the `served` fixture gives."""
+handler can, and `Served`, the handle on it.
+"""
 
 from __future__ import annotations
 
