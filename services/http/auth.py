@@ -66,33 +66,33 @@ class ApiKeyStore:
     """The `api_keys` collection: `{_id: sha256(key), project, hint, created_at}`."""
 
     def __init__(self, db: AsyncDatabase[Any]) -> None:
-        self.collection = db[API_KEYS_COLLECTION]
+        self._collection = db[API_KEYS_COLLECTION]
 
     async def ensure_indexes(self) -> None:
-        await self.collection.create_indexes([IndexModel([("project", ASCENDING)])])
+        await self._collection.create_indexes([IndexModel([("project", ASCENDING)])])
 
     async def create(self, project: str) -> tuple[str, ApiKeyRecord]:
         """A new key for `project`; the plaintext is returned here and never again."""
         validate_project_name(project)
         key = generate_key()
         record = ApiKeyRecord(hint=key_hint(key), project=project, created_at=int(time.time()))
-        await self.collection.insert_one(
+        await self._collection.insert_one(
             {"_id": hash_key(key), "project": project, "hint": record.hint, "created_at": record.created_at}
         )
         return key, record
 
     async def resolve(self, key: str) -> str | None:
         """The project of `key`, or None if it is not a known key."""
-        doc = await self.collection.find_one({"_id": hash_key(key)}, projection={"project": 1})
+        doc = await self._collection.find_one({"_id": hash_key(key)}, projection={"project": 1})
         return None if doc is None else str(doc["project"])
 
     async def list(self, project: str | None = None) -> list[ApiKeyRecord]:
         query = {} if project is None else {"project": project}
-        cursor = self.collection.find(query).sort([("project", ASCENDING), ("created_at", ASCENDING)])
+        cursor = self._collection.find(query).sort([("project", ASCENDING), ("created_at", ASCENDING)])
         return [ApiKeyRecord(d["hint"], d["project"], int(d["created_at"])) async for d in cursor]
 
     async def revoke(self, key: str) -> bool:
-        result = await self.collection.delete_one({"_id": hash_key(key)})
+        result = await self._collection.delete_one({"_id": hash_key(key)})
         return result.deleted_count == 1
 
 

@@ -176,11 +176,11 @@ class BatchStore:
     """Async access to the `batches` collection. Cheap to construct; share the database handle."""
 
     def __init__(self, db: AsyncDatabase[Any]) -> None:
-        self.collection: AsyncCollection[Any] = db[BATCHES_COLLECTION]
+        self._collection: AsyncCollection[Any] = db[BATCHES_COLLECTION]
 
     async def ensure_indexes(self) -> None:
         """Idempotent; every process that uses the store may call it at start-up."""
-        await self.collection.create_indexes([
+        await self._collection.create_indexes([
             # GET /v1/batches: one project's batches, newest first, cursor on (created_at, _id).
             IndexModel([("project", ASCENDING), ("created_at", DESCENDING), ("_id", DESCENDING)]),
             # Expiry scans and running counts.
@@ -196,7 +196,7 @@ class BatchStore:
         query: Doc = {"_id": batch_id}
         if project is not None:
             query["project"] = project
-        return await self.collection.find_one(query)
+        return await self._collection.find_one(query)
 
     async def list(
         self,
@@ -235,13 +235,13 @@ class BatchStore:
         if created:
             query["created_at"] = created
         if after is not None:
-            cursor_doc = await self.collection.find_one({"_id": after, "project": project}, {"created_at": 1})
+            cursor_doc = await self._collection.find_one({"_id": after, "project": project}, {"created_at": 1})
             if cursor_doc is None:
                 raise CursorNotFound(after)
             at = cursor_doc["created_at"]
             query["$or"] = [{"created_at": {"$lt": at}}, {"created_at": at, "_id": {"$lt": after}}]
         cursor = (
-            self.collection.find(query, {"outbox": 0})
+            self._collection.find(query, {"outbox": 0})
             .sort([("created_at", DESCENDING), ("_id", DESCENDING)])
             .limit(limit + 1)
         )
@@ -250,41 +250,41 @@ class BatchStore:
 
     async def status(self, batch_id: str) -> str | None:
         """The batch's status alone (None: no such batch): the workers' check before each chunk."""
-        doc = await self.collection.find_one({"_id": batch_id}, {"status": 1})
+        doc = await self._collection.find_one({"_id": batch_id}, {"status": 1})
         return None if doc is None else str(doc["status"])
 
     async def projects_of(self, batch_ids: Collection[str]) -> dict[str, str]:
         """batch id -> project, for the ids that exist."""
-        cursor = self.collection.find({"_id": {"$in": list(batch_ids)}}, {"project": 1})
+        cursor = self._collection.find({"_id": {"$in": list(batch_ids)}}, {"project": 1})
         return {doc["_id"]: str(doc["project"]) async for doc in cursor}
 
     async def in_statuses(self, statuses: Collection[str], fields: Collection[str]) -> AsyncIterator[Doc]:
         """Every batch in one of `statuses`, with only `fields` (the dispatcher's sweep)."""
-        async for doc in self.collection.find({"status": {"$in": _statuses(statuses)}}, dict.fromkeys(fields, 1)):
+        async for doc in self._collection.find({"status": {"$in": _statuses(statuses)}}, dict.fromkeys(fields, 1)):
             yield doc
 
     async def count_running(self, project: str, model: str) -> int:
         """How many of the project's batches of `model` are not terminal yet."""
-        return await self.collection.count_documents(
+        return await self._collection.count_documents(
             {"project": project, "model": model, "status": {"$in": list(ACTIVE_STATUSES)}}
         )
 
     async def with_stale_outbox(self, older_than_s: float, limit: int = 500) -> Docs:
         """Batches whose oldest pending event was pushed more than `older_than_s` seconds ago."""
         cutoff = time.time() - older_than_s
-        cursor = self.collection.find({"outbox_at": {"$lt": cutoff}}).sort("outbox_at", ASCENDING).limit(limit)
+        cursor = self._collection.find({"outbox_at": {"$lt": cutoff}}).sort("outbox_at", ASCENDING).limit(limit)
         return await cursor.to_list(length=limit)
 
     # -- writes --
 
     async def insert(self, doc: Doc) -> Doc:
         """Insert a new batch (see `new_batch_document`); DuplicateKeyError if the id exists."""
-        await self.collection.insert_one(doc)
+        await self._collection.insert_one(doc)
         return doc
 
     async def delete(self, batch_id: str) -> bool:
         """Remove a batch outright — only for a create that is refused after its insert."""
-        result = await self.collection.delete_one({"_id": batch_id})
+        result = await self._collection.delete_one({"_id": batch_id})
         return result.deleted_count == 1
 
     async def transition(
@@ -309,7 +309,7 @@ class BatchStore:
         if set and "status" in set:
             raise ValueError("set the status through to_status")
         for attempt in range(_MAX_CAS_ATTEMPTS):
-            current = await self.collection.find_one({"_id": batch_id}, {"outbox": 0})
+            current = await self._collection.find_one({"_id": batch_id}, {"outbox": 0})
             if current is None or current["status"] not in froms:
                 return None
             now = time.time()
@@ -320,7 +320,7 @@ class BatchStore:
                 ev = batch_event(f"batch.{to_status}", to_api(after), at=now)
                 update["$push"] = {"outbox": ev.model_dump(mode="json")}
                 update["$min"] = {"outbox_at": now}
-            new = await self.collection.find_one_and_update(
+            new = await self._collection.find_one_and_update(
                 {"_id": batch_id, "status": {"$in": froms}, "rev": _rev_filter(current)},
                 update,
                 return_document=ReturnDocument.AFTER,
@@ -352,19 +352,19 @@ class BatchStore:
             query["status"] = {"$in": _statuses(only_status)}
         if progress_seq is None:
             now = time.time()
-            return await self.collection.find_one_and_update(
+            return await self._collection.find_one_and_update(
                 query,
                 {"$set": {**set, "updated_at": now}, "$inc": {"rev": 1}},
                 return_document=ReturnDocument.AFTER,
             )
         for attempt in range(_MAX_CAS_ATTEMPTS):
-            current = await self.collection.find_one(query, {"outbox": 0})
+            current = await self._collection.find_one(query, {"outbox": 0})
             if current is None:
                 return None
             now = time.time()
             fields = {**set, "updated_at": now}
             ev = batch_event("batch.progress", to_api(_apply_set(current, fields)), seq=progress_seq, at=now)
-            new = await self.collection.find_one_and_update(
+            new = await self._collection.find_one_and_update(
                 {**query, "rev": _rev_filter(current)},
                 {
                     "$set": fields,
@@ -385,12 +385,12 @@ class BatchStore:
         Returns the new document, or None when the batch does not exist.
         """
         for attempt in range(_MAX_CAS_ATTEMPTS):
-            current = await self.collection.find_one({"_id": batch_id}, {"outbox": 0})
+            current = await self._collection.find_one({"_id": batch_id}, {"outbox": 0})
             if current is None:
                 return None
             now = time.time()
             ev = batch_event("batch.progress", to_api(current), seq=seq, at=now)
-            new = await self.collection.find_one_and_update(
+            new = await self._collection.find_one_and_update(
                 {"_id": batch_id, "rev": _rev_filter(current)},
                 {"$push": {"outbox": ev.model_dump(mode="json")}, "$min": {"outbox_at": now}},
                 return_document=ReturnDocument.AFTER,
@@ -403,13 +403,13 @@ class BatchStore:
     async def pull_outbox(self, batch_id: str, event_ids: Collection[str]) -> Doc | None:
         """Remove sent events from the outbox (by CloudEvent id); clears `outbox_at` once it is empty."""
         if not event_ids:
-            return await self.collection.find_one({"_id": batch_id})
-        new = await self.collection.find_one_and_update(
+            return await self._collection.find_one({"_id": batch_id})
+        new = await self._collection.find_one_and_update(
             {"_id": batch_id},
             {"$pull": {"outbox": {"id": {"$in": list(event_ids)}}}},
             return_document=ReturnDocument.AFTER,
         )
         if new is not None and not new.get("outbox") and "outbox_at" in new:
             # Conditional on the outbox still being empty: a writer may have pushed meanwhile.
-            await self.collection.update_one({"_id": batch_id, "outbox": {"$size": 0}}, {"$unset": {"outbox_at": ""}})
+            await self._collection.update_one({"_id": batch_id, "outbox": {"$size": 0}}, {"$unset": {"outbox_at": ""}})
         return new

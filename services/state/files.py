@@ -127,12 +127,12 @@ class FileStore:
     """Metadata in MongoDB, bytes in S3. Cheap to construct; share the database and bucket handles."""
 
     def __init__(self, db: AsyncDatabase[Any], objects: ObjectStore) -> None:
-        self.collection = db[FILES_COLLECTION]
+        self._collection = db[FILES_COLLECTION]
         self.objects = objects
 
     async def ensure_indexes(self) -> None:
         """Idempotent; every process that uses the store may call it at start-up."""
-        await self.collection.create_indexes([
+        await self._collection.create_indexes([
             # GET /v1/files: one project's files in id (= creation) order.
             IndexModel([("project", ASCENDING), ("_id", ASCENDING)]),
             # The sweeper: expired active files, stale uploads, unfinished deletes.
@@ -145,7 +145,7 @@ class FileStore:
     async def get(self, project: str, file_id: str, *, now: float | None = None) -> FileRecord | None:
         """The file if `project` can see it now; None if missing, foreign, expired or being deleted."""
         query = {"_id": file_id, **_visible(project, time.time() if now is None else now)}
-        doc = await self.collection.find_one(query)
+        doc = await self._collection.find_one(query)
         return None if doc is None else FileRecord.from_doc(doc)
 
     async def list_page(self, project: str, params: FileListParams, *, now: float | None = None) -> dict[str, Any]:
@@ -153,7 +153,7 @@ class FileStore:
         query = _visible(project, time.time() if now is None else now)
         if params.purpose is not None:
             query["purpose"] = params.purpose
-        return await fetch_page(self.collection, query, params, _doc_to_api)
+        return await fetch_page(self._collection, query, params, _doc_to_api)
 
     # -- uploads --
 
@@ -163,7 +163,7 @@ class FileStore:
         """Record an upload about to start. Invisible until `finish_upload`."""
         now = time.time() if now is None else now
         pending = PendingUpload(file_id, object_key(file_id), int(now))
-        await self.collection.insert_one({
+        await self._collection.insert_one({
             "_id": file_id,
             "project": project,
             "state": UPLOADING,
@@ -181,7 +181,7 @@ class FileStore:
         self, pending: PendingUpload, *, purpose: str, size: int, expires_at: int | None, now: float | None = None
     ) -> FileRecord | None:
         """Make a completed upload visible. None if the sweeper already reclaimed it as stale."""
-        doc = await self.collection.find_one_and_update(
+        doc = await self._collection.find_one_and_update(
             {"_id": pending.file_id, "state": UPLOADING},
             {"$set": {
                 "state": ACTIVE,
@@ -196,7 +196,7 @@ class FileStore:
 
     async def discard_upload(self, file_id: str) -> None:
         """Forget a failed upload (its S3 multipart upload is aborted by the writer)."""
-        await self.collection.delete_one({"_id": file_id, "state": UPLOADING})
+        await self._collection.delete_one({"_id": file_id, "state": UPLOADING})
 
     async def register_existing(
         self,
@@ -217,7 +217,7 @@ class FileStore:
         """
         now = time.time() if now is None else now
         file_id = file_id or new_file_id()
-        doc = await self.collection.find_one_and_update(
+        doc = await self._collection.find_one_and_update(
             {"_id": file_id},
             {"$setOnInsert": {
                 "project": project,
@@ -244,7 +244,7 @@ class FileStore:
 
         Idempotent per holder. Deleting a pinned file hides it at once but defers its bytes.
         """
-        doc = await self.collection.find_one_and_update(
+        doc = await self._collection.find_one_and_update(
             {"_id": file_id, **_visible(project, time.time() if now is None else now)},
             {"$addToSet": {PINS: holder}},
             return_document=ReturnDocument.AFTER,
@@ -253,14 +253,14 @@ class FileStore:
 
     async def unpin(self, file_id: str, holder: str) -> None:
         """Release `holder`'s pin; a file deleted or expired meanwhile goes at the next sweep."""
-        await self.collection.update_one({"_id": file_id}, {"$pull": {PINS: holder}})
+        await self._collection.update_one({"_id": file_id}, {"$pull": {PINS: holder}})
 
     # -- deletes --
 
     async def delete(self, project: str, file_id: str, *, now: float | None = None) -> bool:
         """Delete a visible file: hidden at once, bytes then document. False if not visible."""
         now = time.time() if now is None else now
-        doc = await self.collection.find_one_and_update(
+        doc = await self._collection.find_one_and_update(
             {"_id": file_id, **_visible(project, now)},
             {"$set": {"state": DELETING, "updated_at": now}},
         )
@@ -284,7 +284,7 @@ class FileStore:
         except (ClientError, BotoCoreError, OSError):
             log.warning("could not delete the bytes of %s yet; the sweeper will retry", doc["_id"], exc_info=True)
             return False
-        await self.collection.delete_one({"_id": doc["_id"], "state": DELETING})
+        await self._collection.delete_one({"_id": doc["_id"], "state": DELETING})
         return True
 
     async def _abort_multipart_uploads(self, key: str) -> None:
@@ -312,10 +312,10 @@ class FileStore:
             {"state": DELETING, "updated_at": {"$lte": now - 60}, f"{PINS}.0": {"$exists": False}},
             {"state": UPLOADING, "updated_at": {"$lte": now - stale_upload_seconds}},
         ]}
-        docs = await self.collection.find(query, projection={"state": 1}).limit(batch_size).to_list()
+        docs = await self._collection.find(query, projection={"state": 1}).limit(batch_size).to_list()
         for doc in docs:
             # Claim by compare-and-set, so two sweepers (two api processes) remove each file once.
-            claimed = await self.collection.find_one_and_update(
+            claimed = await self._collection.find_one_and_update(
                 {"_id": doc["_id"], "state": doc["state"]},
                 {"$set": {"state": DELETING, "updated_at": now}},
             )

@@ -53,10 +53,10 @@ class LedgerSummary:
 
 class ChunkLedger:
     def __init__(self, db: AsyncDatabase[Any]) -> None:
-        self.collection: AsyncCollection[Any] = db[CHUNKS_COLLECTION]
+        self._collection: AsyncCollection[Any] = db[CHUNKS_COLLECTION]
 
     async def ensure_indexes(self) -> None:
-        await self.collection.create_indexes([
+        await self._collection.create_indexes([
             IndexModel([("batch_id", ASCENDING), ("index", ASCENDING)]),
             IndexModel([("batch_id", ASCENDING), ("status", ASCENDING)]),
         ])
@@ -78,20 +78,20 @@ class ChunkLedger:
             )
             for c in chunks
         ]
-        await self.collection.bulk_write(ops, ordered=False)
+        await self._collection.bulk_write(ops, ordered=False)
 
     async def get(self, batch_id: str, index: int) -> dict[str, Any] | None:
-        return await self.collection.find_one({"_id": chunk_id(batch_id, index)})
+        return await self._collection.find_one({"_id": chunk_id(batch_id, index)})
 
     async def chunks(self, batch_id: str, status: str | None = None) -> list[dict[str, Any]]:
         """The batch's chunks in input order (optionally only those in `status`)."""
         query: dict[str, Any] = {"batch_id": batch_id}
         if status is not None:
             query["status"] = status
-        return await self.collection.find(query).sort("index", ASCENDING).to_list(None)
+        return await self._collection.find(query).sort("index", ASCENDING).to_list(None)
 
     async def count_pending(self, batch_id: str) -> int:
-        return await self.collection.count_documents({"batch_id": batch_id, "status": PENDING})
+        return await self._collection.count_documents({"batch_id": batch_id, "status": PENDING})
 
     async def record(self, result: WorkResult) -> bool:
         """CAS the chunk `pending -> done|skipped` with this attempt's keys and counts; True if it won."""
@@ -102,20 +102,20 @@ class ChunkLedger:
                 output_key=result.output_key, error_key=result.error_key, succeeded=result.succeeded,
                 failed=result.failed, input_tokens=result.input_tokens, output_tokens=result.output_tokens,
             )
-        res = await self.collection.update_one(
+        res = await self._collection.update_one(
             {"_id": chunk_id(result.batch_id, result.chunk), "status": PENDING}, {"$set": fields}
         )
         return res.modified_count == 1
 
     async def abandon_pending(self, batch_id: str) -> int:
         """Close every still-pending chunk (expiry, cancel): a result arriving later loses its CAS."""
-        res = await self.collection.update_many(
+        res = await self._collection.update_many(
             {"batch_id": batch_id, "status": PENDING}, {"$set": {"status": "abandoned", "finished_at": time.time()}}
         )
         return res.modified_count
 
     async def summary(self, batch_id: str) -> LedgerSummary:
-        docs = await self.collection.find(
+        docs = await self._collection.find(
             {"batch_id": batch_id},
             {"status": 1, "line_count": 1, "succeeded": 1, "failed": 1, "input_tokens": 1, "output_tokens": 1},
         ).to_list(None)

@@ -1,4 +1,4 @@
-"""The seed's flow with the official `openai` SDK against real processes: api, dispatcher, workers.
+"""The OpenAI Batch flow with the official `openai` SDK against real processes: api, dispatcher, workers.
 
 One stack serves the whole module (its tests use separate projects, so they cannot see each other).
 """
