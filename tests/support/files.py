@@ -2,19 +2,14 @@
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
-from openai import AsyncOpenAI
-from pymongo.asynchronous.database import AsyncDatabase
 
-from services.http.auth import ApiKeyStore
-from services.settings import Settings
 from services.state.files import FILES_COLLECTION, FileStore
-from services.stores.s3 import ObjectStore
+from tests.support.api import ServedApi
 
 
 def jsonl_lines(n: int) -> bytes:
@@ -23,12 +18,10 @@ def jsonl_lines(n: int) -> bytes:
 
 
 @dataclass
-class FilesApi:
-    url: str
-    settings: Settings
-    db: AsyncDatabase[Any]
-    objects: ObjectStore
-    http: aiohttp.ClientSession
+class FilesApi(ServedApi):
+    """The Files API alone."""
+
+    client_timeout_s = 60.0
 
     @property
     def store(self) -> FileStore:
@@ -36,23 +29,8 @@ class FilesApi:
 
     async def key(self, project: str | None = None) -> str:
         """An API key of a new (or the given) project."""
-        key, _ = await ApiKeyStore(self.db).create(project or f"proj-{uuid.uuid4().hex[:8]}")
+        key, _ = await self.new_key(project)
         return key
-
-    def client(self, key: str) -> AsyncOpenAI:
-        return AsyncOpenAI(base_url=f"{self.url}/v1", api_key=key, max_retries=0, timeout=60)
-
-    async def call(self, method: str, path: str, key: str | None = None, **kw: Any) -> tuple[int, Any]:
-        """Plain HTTP: (status, JSON body or None)."""
-        headers = dict(kw.pop("headers", {}))
-        if key is not None:
-            headers["Authorization"] = f"Bearer {key}"
-        async with self.http.request(method, f"{self.url}{path}", headers=headers, **kw) as resp:
-            body = await resp.read()
-            try:
-                return resp.status, await resp.json(content_type=None)
-            except ValueError:
-                return resp.status, body
 
     async def upload(self, key: str, data: bytes | AsyncIterator[bytes], *, purpose: str | None = "batch",
                      filename: str = "input.jsonl", file_first: bool = False,
