@@ -66,6 +66,19 @@ class Settings(BaseSettings):
     test_model_max_lines: int = 100
     test_model_max_running: int = 2
 
+    # --- sharing one service among projects (docs/security.md) ---------------------------
+    # Per project: batches not yet ended (validating, in_progress, finalizing, cancelling).
+    project_max_running_batches: int = 100
+    # Per project: registered webhook endpoints.
+    project_max_webhook_endpoints: int = 20
+    # Per project: uploads whose body is being received at once (per API process).
+    project_max_concurrent_uploads: int = 4
+    # An upload whose body sends nothing for this long is abandoned (408), so a stalled client
+    # holds no buffer.
+    upload_read_timeout_seconds: float = 60.0
+    # Every user-supplied string quoted in an error message is cut to this many characters.
+    error_quote_max_chars: int = 200
+
     # --- files (services/files) -----------------------------------------------------------
     # OpenAI's default: a `purpose=batch` upload without expires_after expires after 30 days
     # (0 = never). Other purposes never expire unless the upload asks.
@@ -76,6 +89,15 @@ class Settings(BaseSettings):
     files_stale_upload_seconds: float = 6 * 3600
 
     # --- batches --------------------------------------------------------------------------
+    # Input URLs (`input_file_id` = http(s) URL) may reach only public addresses, unless an address or
+    # host is listed here (CIDRs or host names, comma-separated in the env). Separate from the webhook list.
+    input_url_allowlist: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    # Development only: allow every non-public address for input URLs (metadata addresses stay refused).
+    input_url_allow_private: bool = False
+    # The whole fetch of an input URL (connect, redirects, every byte) must finish within this long.
+    input_url_timeout_seconds: float = 900.0
+    # Redirects followed (each one checked again) when fetching an input URL.
+    input_url_max_redirects: int = 5
     # Tests only: a batch expires this many seconds after creation instead of after its window.
     batch_window_override_seconds: float | None = None
     # GET /v1/models lists a model while one of its workers heartbeated within this many seconds.
@@ -98,6 +120,17 @@ class Settings(BaseSettings):
     finalize_stale_seconds: float = 300.0
     # Outbox events older than this are re-published (a writer died between its write and its send).
     outbox_stale_seconds: float = 5.0
+    # Validation passes run at once per dispatcher, and at most this many of them for one project,
+    # so one slow input never holds up another project's batch.
+    validation_concurrency: int = 8
+    validation_per_project: int = 2
+    # A batch still `validating` this long after creation fails (`validation_timeout`); the sweep checks.
+    validating_timeout_seconds: float = 3600.0
+    # A pending chunk with no counted result this long after it was (re)published is published again
+    # (its work message or its result was lost): the larger of this floor and
+    # chunk_republish_factor x the model's measured chunk time.
+    chunk_republish_min_seconds: float = 120.0
+    chunk_republish_factor: float = 4.0
     # Port of the dispatcher's /healthz and /metrics; 0: an ephemeral port (logged), so several
     # dispatchers, or one beside `offhours dev --port N`, never collide. Deployments set a fixed one.
     dispatcher_metrics_port: int = 0
@@ -117,6 +150,9 @@ class Settings(BaseSettings):
     kafka_fetch_max_wait_ms: int = 100
     # How quickly Kafka hands a dead (SIGKILLed) member's partitions to the others.
     kafka_session_timeout_seconds: float = 10.0
+    # Tries of a chunk while the engine or storage as a whole is unavailable; after the last one its
+    # unanswered lines become `engine_unavailable` error lines and the batch goes on.
+    worker_chunk_max_attempts: int = 5
     # On SIGTERM the current chunk gets this long to finish before it is abandoned (uncommitted).
     worker_shutdown_grace_seconds: float = 30.0
 
@@ -147,6 +183,10 @@ class Settings(BaseSettings):
     # Deliveries in flight at once: overall, and per endpoint (a slow receiver holds only its own share).
     webhook_max_concurrency: int = 256
     webhook_max_concurrency_per_endpoint: int = 8
+    # ... and per receiving host, however many endpoints (and projects) point at it.
+    webhook_max_concurrency_per_host: int = 16
+    # Delivery documents that ended (delivered or dead) are removed after this long.
+    webhook_delivery_ttl_seconds: float = 30 * 24 * 3600.0
     # Deliveries held in memory, per endpoint and overall; beyond that they wait in MongoDB for the scheduler.
     webhook_max_queued_per_endpoint: int = 1000
     webhook_max_queued: int = 10_000
@@ -156,7 +196,10 @@ class Settings(BaseSettings):
     # dispatcher's and the workers'. Deployments set a fixed one.
     notifier_metrics_port: int = 0
 
-    @field_validator("webhook_allowlist", "webhook_secret_previous_keys", mode="before")
+    # The largest event or message the producer will send; a larger one is set aside (logged, counted).
+    kafka_max_message_bytes: int = 1024 * 1024
+
+    @field_validator("webhook_allowlist", "input_url_allowlist", "webhook_secret_previous_keys", mode="before")
     @classmethod
     def _comma_list(cls, value: object) -> object:
         if isinstance(value, str):
