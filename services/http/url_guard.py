@@ -1,6 +1,8 @@
-"""SSRF protection: webhook URLs may reach only public addresses, unless the operator says otherwise.
+"""SSRF protection: webhook and input URLs may reach only public addresses, unless the operator says otherwise.
 
-A URL is checked when an endpoint is registered (a clear 400 early) and again at every delivery,
+Two policies share this code: webhook URLs (OFFHOURS_WEBHOOK_ALLOWLIST) and batch input URLs
+(OFFHOURS_INPUT_URL_ALLOWLIST), each with its own allowlist, so opening one never opens the other.
+A URL is checked when it is given (a clear 400 early) and again at every connection,
 because DNS can change in between. At delivery the check lives *in the resolver* the HTTP client
 connects with (`GuardedResolver`): the addresses that were checked are the addresses connected to,
 so a host that answers a public address to the check and a private one to the connect (DNS
@@ -24,6 +26,7 @@ from urllib.parse import urlsplit
 from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.resolver import ThreadedResolver
 
+from schemas.text import cut
 from services.settings import Settings
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -39,6 +42,7 @@ _NAT64 = ipaddress.ip_network("64:ff9b::/96")
 _ALWAYS_REFUSED = ("a cloud metadata address", "the unspecified address", "a multicast address")
 
 ALLOWLIST_HINT = "an operator can allow it with OFFHOURS_WEBHOOK_ALLOWLIST"
+INPUT_ALLOWLIST_HINT = "an operator can allow it with OFFHOURS_INPUT_URL_ALLOWLIST"
 
 
 class URLRefused(Exception):
@@ -78,18 +82,34 @@ def address_problem(ip: IPAddress) -> str | None:
 
 @dataclass(frozen=True)
 class URLPolicy:
-    """What the operator allows beyond public addresses (Settings: webhook_allowlist, webhook_allow_private)."""
+    """What the operator allows beyond public addresses, for one kind of URL.
+
+    `what` and `hint` word the refusals; a refusal names the kind of address, never the address
+    or the name it resolved to (those would map the internal network for whoever asks).
+    """
 
     networks: tuple[IPNetwork, ...] = ()
     hosts: frozenset[str] = field(default_factory=frozenset)
     allow_private: bool = False
+    what: str = "webhook URLs"
+    hint: str = ALLOWLIST_HINT
 
     @classmethod
     def from_settings(cls, settings: Settings) -> URLPolicy:
+        """The webhook policy (webhook_allowlist, webhook_allow_private)."""
         return cls.parse(settings.webhook_allowlist, allow_private=settings.webhook_allow_private)
 
     @classmethod
-    def parse(cls, allowlist: Iterable[str], *, allow_private: bool = False) -> URLPolicy:
+    def for_inputs(cls, settings: Settings) -> URLPolicy:
+        """The batch input URL policy (input_url_allowlist, input_url_allow_private)."""
+        return cls.parse(settings.input_url_allowlist, allow_private=settings.input_url_allow_private,
+                         what="input URLs", hint=INPUT_ALLOWLIST_HINT)
+
+    @classmethod
+    def parse(
+        cls, allowlist: Iterable[str], *, allow_private: bool = False, what: str = "webhook URLs",
+        hint: str = ALLOWLIST_HINT,
+    ) -> URLPolicy:
         """Entries are CIDRs or single addresses ("10.0.0.0/8", "127.0.0.1", "::1") or host names."""
         networks: list[IPNetwork] = []
         hosts: set[str] = set()
@@ -101,7 +121,7 @@ class URLPolicy:
                 networks.append(ipaddress.ip_network(entry, strict=False))
             except ValueError:
                 hosts.add(_normal_host(entry))
-        return cls(tuple(networks), frozenset(hosts), allow_private)
+        return cls(tuple(networks), frozenset(hosts), allow_private, what, hint)
 
     def host_allowed(self, host: str) -> bool:
         """True when the operator listed this host name: its addresses are then not judged."""
@@ -121,9 +141,9 @@ def _normal_host(host: str) -> str:
     return host.strip().rstrip(".").lower().strip("[]")
 
 
-def _refused_message(host: str, ip: IPAddress, problem: str) -> str:
-    shown = host if host == str(ip) else f"{host} resolves to {ip}, which"
-    return f"{shown} is {problem}; webhook URLs must point at public addresses ({ALLOWLIST_HINT})"
+def _refused_message(policy: URLPolicy, *, literal: bool, problem: str) -> str:
+    shown = "the URL's host" if literal else "the URL's host name resolves to an address that"
+    return f"{shown} is {problem}; {policy.what} must point at public addresses ({policy.hint})"
 
 
 def literal_ip(host: str) -> IPAddress | None:
@@ -139,7 +159,7 @@ def check_literal(host: str, policy: URLPolicy) -> None:
     if ip is not None and not policy.host_allowed(host):
         problem = policy.refusal(ip)
         if problem is not None:
-            raise URLRefused(_refused_message(str(ip), ip, problem))
+            raise URLRefused(_refused_message(policy, literal=True, problem=problem))
 
 
 class GuardedResolver(AbstractResolver):
@@ -162,7 +182,7 @@ class GuardedResolver(AbstractResolver):
                 ip = ipaddress.ip_address(result["host"])
                 problem = self.policy.refusal(ip)
                 if problem is not None:
-                    raise URLRefused(_refused_message(host, ip, problem))
+                    raise URLRefused(_refused_message(self.policy, literal=False, problem=problem))
         return results
 
     async def close(self) -> None:
@@ -177,7 +197,7 @@ async def check_url(url: str, policy: URLPolicy, resolver: AbstractResolver | No
     """
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise URLRefused(f"{url[:100]!r} is not an http(s) URL with a host")
+        raise URLRefused(f"{cut(url, 100)!r} is not an http(s) URL with a host")
     host = parts.hostname
     if literal_ip(host) is not None:
         check_literal(host, policy)
@@ -186,7 +206,7 @@ async def check_url(url: str, policy: URLPolicy, resolver: AbstractResolver | No
     try:
         await guarded.resolve(host, parts.port or (443 if parts.scheme == "https" else 80), socket.AF_UNSPEC)
     except OSError as exc:
-        raise URLRefused(f"the host {host!r} does not resolve: {_os_error(exc)}") from None
+        raise URLRefused(f"the URL's host name does not resolve: {_os_error(exc)}") from None
     finally:
         if resolver is None:
             await guarded.close()
