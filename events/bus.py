@@ -22,6 +22,7 @@ from typing import Any, Self
 
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka.errors import KafkaError
 from aiokafka.structs import OffsetAndMetadata, RecordMetadata
 
 from services.settings import Settings
@@ -216,6 +217,34 @@ class Consumer:
                 offsets[tp] = OffsetAndMetadata(r.offset + 1, "")
         if offsets:
             await self._consumer.commit(offsets)
+
+    async def try_commit(
+        self, record: ConsumerRecord[Any, Any] | Iterable[ConsumerRecord[Any, Any]] | None = None
+    ) -> bool:
+        """`commit`, but a failure is logged and answered False instead of raised.
+
+        A commit fails when a rebalance took the partition (CommitFailedError) or the broker is
+        briefly away. Either way nothing is lost: the records stay uncommitted, whoever owns the
+        partition next handles them again, and every handler is idempotent. Ending the process
+        over it would only turn one rebalance into another.
+        """
+        try:
+            await self.commit(record)
+        except KafkaError as exc:
+            log.warning("commit of group %s failed (%s); the records will be redelivered",
+                        self.group_id, exc.__class__.__name__)
+            return False
+        return True
+
+    def pause(self, partitions: Iterable[TopicPartition]) -> None:
+        """Stop fetching from these partitions (their records already fetched stay in hand)."""
+        self._consumer.pause(*partitions)
+
+    def resume(self, partitions: Iterable[TopicPartition]) -> None:
+        self._consumer.resume(*partitions)
+
+    def paused(self) -> set[TopicPartition]:
+        return set(self._consumer.paused())
 
     def assignment(self) -> set[TopicPartition]:
         return set(self._consumer.assignment())
