@@ -45,6 +45,7 @@ from urllib.parse import urlsplit
 
 from infra import probes
 from infra.binaries import rclone_binary, secantus_command, tansu_binary
+from infra.ports import port_in_use
 from services.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -209,16 +210,6 @@ def _reap(pid: int) -> None:
     """Collect the exit status if `pid` is our own child, so it does not linger as a zombie."""
     with contextlib.suppress(ChildProcessError, OSError):
         os.waitpid(pid, os.WNOHANG)
-
-
-def _port_in_use(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        # No SO_REUSEADDR: we want to know whether anything is bound or listening there.
-        try:
-            s.bind((LOOPBACK, port))
-        except OSError:
-            return True
-    return False
 
 
 def _redact(argv: list[str]) -> list[str]:
@@ -410,7 +401,7 @@ class Launcher:
 
     def _spawn(self, name: str, ports: Ports, persist: bool) -> ProcessRecord:
         port = ports.of(name)
-        if _port_in_use(port):
+        if port_in_use(LOOPBACK, port):
             raise InfraError(
                 f"{name}: port {LOOPBACK}:{port} is already in use by a process this launcher did not "
                 f"start; stop it or choose another port (--{name}-port)"
@@ -469,21 +460,22 @@ class Launcher:
         with self._locked():
             state = self._load()
             ports = self._resolve_ports(state)
-            records = self._records(state)
+            # Every server of this state folder that still runs stays in infra.json whatever fails
+            # below: a record dropped here is a server `down` can never stop.
+            live = {name: rec for name, rec in self._records(state).items() if is_ours(rec)}
+            for name, rec in live.items():
+                setattr(ports, name, rec.port)  # running, maybe on other ports than asked: the record wins
             persist = self.persist
             info = InfraInfo(self.state_dir, ports, persist, {})
             # Kafka keeps its storage engine while running: report what it was started with.
-            kafka_rec = records.get("kafka")
-            if kafka_rec is not None and is_ours(kafka_rec):
+            if "kafka" in live:
                 info.persist = persist = bool(state.get("persist", False))
 
             started: list[ProcessRecord] = []
             try:
                 for name in COMPONENTS:
-                    rec = records.get(name)
-                    if rec is not None and is_ours(rec):
-                        # Running, but maybe on other ports than asked: the record wins.
-                        setattr(ports, name, rec.port)
+                    rec = live.get(name)
+                    if rec is not None:
                         info.processes[name] = rec
                         info.already_running.append(name)
                         continue
@@ -494,23 +486,26 @@ class Launcher:
                         await self._create_bucket(ports, KAFKA_BUCKET)
                     rec = self._spawn(name, ports, persist)
                     started.append(rec)
+                    live[name] = rec
                     info.processes[name] = rec
                     info.started.append(name)
-                    self._save(ports, persist, info.processes)
+                    self._save(ports, persist, live)
                 # Wait for all in parallel: SecantusDB takes ~2 s, the others much less.
                 await asyncio.gather(*(self._wait_ready(rec, ports) for rec in started))
                 for name in info.already_running:
                     if not await self._probe(name, ports):
-                        log.warning("%s (pid %s) is running but not answering", name, records[name].pid)
+                        log.warning("%s (pid %s) is running but not answering", name, live[name].pid)
                 await self._create_bucket(ports, self.settings.s3_bucket)
             except BaseException:
-                # Leave nothing half-started behind: stop what this call started.
-                for rec in started:
-                    await self._stop(rec)
-                    info.processes.pop(rec.name, None)
-                self._save(ports, persist, info.processes)
+                # Leave nothing half-started behind: stop what this call started, and keep the
+                # record of anything still running, whether found running or not stopped in time.
+                try:
+                    for rec in started:
+                        await self._stop(rec)
+                finally:
+                    self._save(ports, persist, {n: r for n, r in live.items() if is_ours(r)})
                 raise
-            self._save(ports, persist, info.processes)
+            self._save(ports, persist, live)
             return info
 
     async def _create_bucket(self, ports: Ports, bucket: str) -> None:
@@ -521,6 +516,13 @@ class Launcher:
             self.settings.s3_region,
             bucket,
         )
+
+    def gone(self) -> list[ProcessRecord]:
+        """The servers infra.json still records whose process no longer runs (crashed or killed).
+
+        Cheap (the state file and /proc, no protocol request), so a supervisor can poll it often.
+        """
+        return [rec for rec in self._records(self._load()).values() if not is_ours(rec)]
 
     async def status(self) -> list[ComponentStatus]:
         """State of each component according to the state file, its PID and a protocol probe."""

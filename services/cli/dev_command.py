@@ -13,10 +13,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import errno
 import os
+import shlex
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -24,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from infra.ports import port_in_use
 from services.settings import Settings, get_settings
 
 if TYPE_CHECKING:
@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 
 DEFAULT_MODELS = ("batch-test-model", "smollm2-135m-instruct", "all-minilm-l6-v2")
 INFRA_NAMES = {"kafka": "Kafka (Tansu)", "mongo": "MongoDB (SecantusDB)", "s3": "S3 (rclone)"}
+INFRA_CHECK_SECONDS = 2.0
 
 DESCRIPTION = """\
 Start the whole offhours stack locally and print the base_url for the OpenAI SDK:
@@ -44,7 +45,9 @@ Start the whole offhours stack locally and print the base_url for the OpenAI SDK
 Before it starts anything it checks that the API port (--port or OFFHOURS_PORT, default 8000)
 and the ports of the local servers it would start itself are free; servers already running from
 the same state folder are reused. A busy port stops it with exit status 2 and a message naming
-the port and how to pick another. Logs of every process go to <state-dir>/logs/. Ctrl-C stops it.
+the port and how to pick another. Logs of every process go to <state-dir>/logs/. A local server
+that stops while it runs is reported with the command that brings it back on its port
+(`offhours infra up --state-dir ...`). Ctrl-C stops it.
 
 example:
   offhours dev
@@ -105,19 +108,34 @@ async def _mint_key(settings: Settings, project: str) -> str:
         await close_database(db)
 
 
-def port_in_use(host: str, port: int) -> bool:
-    """Whether something listens on host:port.
+class InfraWatch:
+    """Notices a local server (Kafka, MongoDB, S3) that stopped under a running `offhours dev`.
 
-    With SO_REUSEADDR, as the API's own bind has: a port a crashed run left in TIME_WAIT is free
-    to it, so it must not count as busy here either.
+    Each crash is told once, with the command that brings the server back on its port; a server
+    restarted by that command and crashed again is a new crash and is told again.
     """
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind((host, port))
-        except OSError as exc:
-            return exc.errno == errno.EADDRINUSE
-    return False
+
+    def __init__(self, launcher: Launcher, *, persist: bool) -> None:
+        self.launcher = launcher
+        self.persist = persist
+        self._told: set[tuple[str, int]] = set()
+
+    def restart_command(self) -> str:
+        # The recorded ports are reused by `up` on the same state folder: the services find it again.
+        command = f"offhours infra up --state-dir {shlex.quote(str(self.launcher.state_dir))}"
+        return command + (" --persist" if self.persist else "")
+
+    def check(self) -> list[str]:
+        """One message per server that stopped since the last check."""
+        notices = []
+        for rec in self.launcher.gone():
+            if (rec.name, rec.pid) in self._told:
+                continue
+            self._told.add((rec.name, rec.pid))
+            notices.append(
+                f"{INFRA_NAMES.get(rec.name, rec.name)} (pid {rec.pid}, port {rec.port}) is not running any more; "
+                f"its log is {rec.log_file}. Bring it back with: {self.restart_command()}")
+        return notices
 
 
 def _busy_ports(launcher: Launcher, host: str, port: int) -> list[str]:
@@ -239,12 +257,20 @@ def _run(args: argparse.Namespace) -> int:
         print(_banner(base_url, key, children, state_dir), flush=True)
         if args.exit_after_ready:
             return 0
+        watch = InfraWatch(launcher, persist=info.persist)
+        next_infra_check = 0.0
         while not stopping:
             for child in children:
                 if child.proc is not None and child.proc.poll() is not None:
                     print(f"{child.name} exited with {child.proc.returncode}; see {child.log}", file=sys.stderr)
                     stopping = True
                     rc = 1
+            if time.monotonic() >= next_infra_check:
+                # Nothing here restarts a local server (it keeps data the user may want to look
+                # at first): the person at the terminal learns which one is gone and the command.
+                for notice in watch.check():
+                    print(f"offhours dev: {notice}", file=sys.stderr, flush=True)
+                next_infra_check = time.monotonic() + INFRA_CHECK_SECONDS
             time.sleep(0.5)
     except RuntimeError as exc:
         print(f"offhours dev: {exc}", file=sys.stderr)

@@ -111,8 +111,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
              "they go to OUTPUT in input order, as FastDeploy does (e.g. --error-file errors.jsonl)")
     files.add_argument(
         "--output-tmp-dir", type=Path, metavar="DIR",
-        help="folder for the local copy of a URL output before its upload; its name comes from the URL, "
-             "so --resume finds it again (default: the system temp folder; e.g. --output-tmp-dir /data/tmp)")
+        help="folder in which a private folder (mode 0700, a random name) holds the local copy of a URL "
+             "output before its upload; --resume finds it again (default: the system temp folder; e.g. "
+             "--output-tmp-dir /data/tmp)")
 
     run = p.add_argument_group("model and requests")
     run.add_argument(

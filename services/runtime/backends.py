@@ -28,7 +28,10 @@ class Backends:
     producer: Producer
 
     def health_checks(self) -> dict[str, HealthCheck]:
-        """`/healthz` checks that make a real round trip to MongoDB and S3."""
+        """`/healthz` checks that make a real round trip to MongoDB and S3.
+
+        `/healthz` names the one that fails; why (hosts, addresses) goes only to the log.
+        """
         return {
             "mongo": lambda: self.db.command("ping"),
             "s3": lambda: self.store.client.head_bucket(Bucket=self.store.bucket),

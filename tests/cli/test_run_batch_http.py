@@ -17,7 +17,7 @@ import pytest
 import pytest_asyncio
 from aiohttp import web
 
-from services.cli.run_batch.locations import staging_path
+from services.cli.run_batch.locations import staging_name
 from tests.support.run_batch import (
     OFFHOURS,
     REPO,
@@ -28,6 +28,7 @@ from tests.support.run_batch import (
     write_lines,
     write_many,
 )
+from tests.support.staging import staged_files, staging_dirs
 
 
 @dataclass
@@ -178,7 +179,7 @@ async def test_put_output_any_2xx_is_success(storage: Storage, tmp_path: Path, s
     assert [r.custom_id for r in read_results(uploaded)] == [f"request-{i}" for i in range(30)]
     _, headers = storage.puts[0]
     assert int(headers["Content-Length"]) == len(storage.objects["out.jsonl"])
-    assert not staging_path(url, tmp_path).exists()  # the staging copy is removed once uploaded
+    assert staged_files(tmp_path) == [] and staging_dirs(tmp_path) == []  # removed once uploaded
 
 
 async def test_put_output_retries_5xx_then_succeeds(storage: Storage, tmp_path: Path) -> None:
@@ -200,7 +201,7 @@ async def test_put_output_that_always_fails_exits_2_and_resume_uploads_later(sto
     assert rc == 2, text
     assert "upload to" in text and "failed after 3 tries" in text and "HTTP 500" in text
     assert len(storage.puts) == 3
-    staged = staging_path(url, tmp_path)
+    [staged] = staged_files(tmp_path)
     built = staged.read_bytes()
     assert built.count(b"\n") == 30  # kept for a retry
     # The server is back and the URL was presigned again: --resume uploads, nothing is rerun.
@@ -210,7 +211,45 @@ async def test_put_output_that_always_fails_exits_2_and_resume_uploads_later(sto
     assert rc == 0, text
     assert "30 lines were already done" in text and "(0 lines this run)" in text
     assert storage.objects["out.jsonl"] == built
-    assert not staged.exists()
+    assert not staged.exists() and staging_dirs(tmp_path) == []
+
+
+async def test_a_url_output_is_staged_mode_0600_in_a_private_folder(storage: Storage, tmp_path: Path) -> None:
+    src = write_lines(tmp_path / "in.jsonl", example_lines(3))
+    storage.put_failures = 1000
+    url = storage.url("out.jsonl")
+    folders: list[Path] = []
+    for _ in range(2):
+        rc, text = await run_in_process(input=src, output=url, error_file=storage.url("err.jsonl"),
+                                        output_tmp_dir=tmp_path, http_attempts=1)
+        assert rc == 2, text
+        [new] = set(staging_dirs(tmp_path)) - set(folders)
+        folders.append(new)
+    # Two runs, two folders with names nobody could guess beforehand: nothing to plant a link at.
+    first, second = folders
+    for folder in (first, second):
+        assert folder.is_dir() and not folder.is_symlink()
+        assert folder.stat().st_mode & 0o777 == 0o700
+        files = sorted(folder.iterdir())
+        assert len(files) == 2 and all(f.stat().st_mode & 0o777 == 0o600 for f in files)
+    assert sorted(f.name for f in first.iterdir()) == sorted(f.name for f in second.iterdir())
+    assert f"the output is kept in {second / staging_name(url)} — rerun the same command with --resume" in text
+
+
+async def test_resume_uses_no_staging_folder_others_can_write_to(storage: Storage, tmp_path: Path) -> None:
+    src = write_lines(tmp_path / "in.jsonl", example_lines(3))
+    storage.put_failures = 1000
+    rc, text = await run_in_process(input=src, output=storage.url("out.jsonl"), output_tmp_dir=tmp_path,
+                                    http_attempts=1)
+    assert rc == 2, text
+    [staged] = staged_files(tmp_path)
+    staged.parent.chmod(0o777)  # as if planted by another user of a shared temp folder
+    storage.put_failures = 0
+    rc, text = await run_in_process(input=src, output=storage.url("out.jsonl"), output_tmp_dir=tmp_path,
+                                    resume=True)
+    assert rc == 0, text
+    assert "no earlier output found" in text and "(3 lines this run)" in text
+    assert staging_dirs(tmp_path) == [staged.parent]  # the new run's folder is gone after its upload
 
 
 async def test_put_refused_with_403_is_not_retried(storage: Storage, tmp_path: Path) -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from services.cli.run_batch.http_retry import RetryPolicy, is_retryable_status
-from services.cli.run_batch.locations import is_url, redact, staging_path
+from services.cli.run_batch.locations import STAGING_PREFIX, is_url, redact, staging_dir, staging_name
 from services.cli.run_batch.progress import (
     Progress,
     Snapshot,
@@ -39,12 +39,25 @@ def test_cut_torn_tail(tmp_path: Path, content: bytes, kept: bytes) -> None:
     assert path.read_bytes() == kept
 
 
-def test_staging_name_ignores_the_query_string_and_differs_per_object(tmp_path: Path) -> None:
-    a1 = staging_path("https://h.example/b/out.jsonl?X-Amz-Signature=1", tmp_path)
-    a2 = staging_path("https://H.example/b/out.jsonl?X-Amz-Signature=2", tmp_path)
-    b = staging_path("https://h.example/b/other.jsonl", tmp_path)
+def test_staging_name_ignores_the_query_string_and_differs_per_object() -> None:
+    a1 = staging_name("https://h.example/b/out.jsonl?X-Amz-Signature=1")
+    a2 = staging_name("https://H.example/b/out.jsonl?X-Amz-Signature=2")
+    b = staging_name("https://h.example/b/other.jsonl")
     assert a1 == a2 != b
-    assert a1.parent == tmp_path and a1.name.endswith("out.jsonl")
+    assert a1.endswith("out.jsonl") and "/" not in a1
+
+
+def test_staging_dir_is_new_and_private_and_resume_finds_only_our_private_one(tmp_path: Path) -> None:
+    name = staging_name("https://h.example/b/out.jsonl")
+    first = staging_dir(tmp_path, [name], resume=False)
+    assert first.parent == tmp_path and first.name.startswith(STAGING_PREFIX)
+    assert first.stat().st_mode & 0o777 == 0o700
+    assert staging_dir(tmp_path, [name], resume=False) != first  # never a predictable path
+    assert staging_dir(tmp_path, [name], resume=True) not in (first,)  # nothing staged in it yet
+    (first / name).write_bytes(b"x\n")
+    assert staging_dir(tmp_path, [name], resume=True) == first
+    first.chmod(0o755)  # others could have put the file there: not resumed from
+    assert staging_dir(tmp_path, [name], resume=True) != first
 
 
 def test_url_detection_and_redaction() -> None:

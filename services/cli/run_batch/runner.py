@@ -26,7 +26,7 @@ from schemas.inference import SUPPORTED_ENDPOINTS
 from schemas.jsonl import DEFAULT_MAX_LINE_BYTES, RawLine
 from schemas.line_validation import LineIssue, LineValidator, ValidLine
 from services.cli.run_batch.errors import RunBatchError
-from services.cli.run_batch.locations import is_url, redact, staging_path
+from services.cli.run_batch.locations import is_url, redact, staging_dir, staging_name
 from services.cli.run_batch.progress import Progress
 from services.cli.run_batch.resume import DoneLines, WrittenFile
 from services.cli.run_batch.sinks import FileSink
@@ -117,6 +117,7 @@ class BatchRun:
         self._signal: int | None = None
         self._hard_stop = False
         self._session: aiohttp.ClientSession | None = None
+        self._staging: Path | None = None  # the private folder of URL outputs' staging files
 
     # --- entry -------------------------------------------------------------------------
 
@@ -191,8 +192,13 @@ class BatchRun:
             if t.url is not None:
                 from services.cli.run_batch.upload import upload
 
-                status = await upload(t.path, t.url, self._http(), headers=o.output_headers,
-                                      retry=self._retry())
+                try:
+                    status = await upload(t.path, t.url, self._http(), headers=o.output_headers,
+                                          retry=self._retry())
+                except RunBatchError as exc:
+                    # The staging folder has a random name: say where the results wait.
+                    raise RunBatchError(f"{exc}; the {t.label} is kept in {t.path} — rerun the same "
+                                        "command with --resume to upload it") from exc
                 notes[t.label] = f"uploaded (HTTP {status})"
                 t.path.unlink(missing_ok=True)
         summary = self._summary(notes=notes)
@@ -258,9 +264,18 @@ class BatchRun:
     def _plan_targets(self) -> None:
         o = self.o
         locations = [("output", o.output)] + ([("errors", o.error_file)] if o.error_file else [])
+        urls = [location for _, location in locations if is_url(location)]
+        if urls:
+            if o.output_tmp_dir is not None and not o.output_tmp_dir.is_dir():
+                raise RunBatchError(f"--output-tmp-dir {o.output_tmp_dir} does not exist")
+            try:
+                self._staging = staging_dir(o.output_tmp_dir, [staging_name(u) for u in urls], resume=o.resume)
+            except OSError as exc:
+                raise RunBatchError(f"cannot make a staging folder for the upload: {exc.strerror or exc}") from exc
         for label, location in locations:
             if is_url(location):
-                self.targets.append(_Target(label, staging_path(location, o.output_tmp_dir), location))
+                assert self._staging is not None
+                self.targets.append(_Target(label, self._staging / staging_name(location), location))
             else:
                 self.targets.append(_Target(label, Path(location), None))
         paths = [t.path for t in self.targets]
@@ -271,9 +286,6 @@ class BatchRun:
             for t in self.targets:
                 if _same_file(Path(o.input), t.path):
                     raise RunBatchError(f"the {t.label} file {t.path} is the input file; choose another path")
-        for t in self.targets:
-            if t.url is not None and not t.path.parent.is_dir():
-                raise RunBatchError(f"--output-tmp-dir {t.path.parent} does not exist")
 
     async def _open_input(self) -> LocalInput | UrlInput:
         o = self.o
@@ -298,7 +310,8 @@ class BatchRun:
                 if t.earlier.repaired_bytes:
                     self._say(f"offhours run-batch: resume: removed a torn last line "
                               f"({t.earlier.repaired_bytes} bytes) from {t.path}")
-            t.sink = FileSink(t.path, append=t.earlier is not None)
+            # A staging file holds the user's results until the upload: readable by its owner only.
+            t.sink = FileSink(t.path, append=t.earlier is not None, private=t.url is not None)
         if self.o.resume:
             self.done = DoneLines(resuming)
             if not resuming:
@@ -382,6 +395,10 @@ class BatchRun:
                     t.sink.close()
         if self.done is not None:
             self.done.close()
+        if self._staging is not None:
+            # Empty once every upload succeeded (or nothing was written): leave no folder behind.
+            with contextlib.suppress(OSError):
+                self._staging.rmdir()
 
 
 # --- the item streams ----------------------------------------------------------------------
