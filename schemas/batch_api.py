@@ -16,6 +16,7 @@ from pydantic_core import PydanticCustomError
 
 from schemas.inference import SUPPORTED_ENDPOINTS
 from schemas.openai_objects import BatchStatus
+from schemas.text import quote
 
 BATCH_STATUSES: tuple[str, ...] = BatchStatus.__args__  # type: ignore[attr-defined]
 
@@ -39,17 +40,24 @@ VALIDATION_CODES: frozenset[str] = frozenset(
 
 _WINDOW = re.compile(r"([1-9][0-9]{0,5})([hd])")
 _CREATE_TIME = re.compile(r"[0-9]{14}")
+# C0 controls other than tab, newline and carriage return: JSON spells each as six bytes (\u0000),
+# which would let 16 metadata pairs alone outgrow the Batch object's size bound.
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f]")
+# No whitespace or control characters: a URL that has them is malformed, whatever a lenient parser makes of it.
+_URL_FORBIDDEN = re.compile(r"[\x00-\x20\x7f]")
 
 
 def parse_completion_window(value: str) -> int:
     """`24h` … `336h`, or the same span in days (`1d` … `14d`) -> hours. ValueError otherwise."""
     m = _WINDOW.fullmatch(value)
     if m is None:
-        raise ValueError(f"completion_window must be an integer followed by 'h' or 'd' (e.g. '24h'), got {value!r}")
+        raise ValueError(
+            f"completion_window must be an integer followed by 'h' or 'd' (e.g. '24h'), got {quote(value)}"
+        )
     hours = int(m.group(1)) * (24 if m.group(2) == "d" else 1)
     if not MIN_WINDOW_HOURS <= hours <= MAX_WINDOW_HOURS:
         raise ValueError(
-            f"completion_window must be between {MIN_WINDOW_HOURS}h and {MAX_WINDOW_HOURS}h (14d), got {value!r}"
+            f"completion_window must be between {MIN_WINDOW_HOURS}h and {MAX_WINDOW_HOURS}h (14d), got {quote(value)}"
         )
     return hours
 
@@ -57,17 +65,44 @@ def parse_completion_window(value: str) -> int:
 def parse_create_time(value: str) -> int:
     """`yyyyMMddHHmmss` (UTC) -> epoch seconds. ValueError otherwise."""
     if not _CREATE_TIME.fullmatch(value):
-        raise ValueError(f"expected yyyyMMddHHmmss (14 digits, UTC), got {value!r}")
+        raise ValueError(f"expected yyyyMMddHHmmss (14 digits, UTC), got {quote(value)}")
     try:
         return int(datetime.strptime(value, CREATE_TIME_FORMAT).replace(tzinfo=UTC).timestamp())
     except ValueError as exc:
-        raise ValueError(f"{value!r} is not a valid date and time: {exc}") from None
+        raise ValueError(f"{quote(value)} is not a valid date and time: {exc}") from None
 
 
 def is_url_input(value: str) -> bool:
     """True when `input_file_id` is an http(s) URL rather than a file id."""
     parts = urlsplit(value)
     return parts.scheme in ("http", "https") and bool(parts.netloc)
+
+
+NOT_HTTP = "it is not an http(s) URL"
+
+
+def url_problem(url: str, *, max_chars: int = MAX_INPUT_REF) -> str | None:
+    """Why `url` is not a well-formed http(s) URL with a host (and a valid port), or None.
+
+    Only the URL's form is judged here; where it may point is the URL guard's business. The
+    answer never quotes the URL's parts, so it can be shown whatever the URL holds.
+    """
+    if len(url) > max_chars:
+        return f"it is longer than {max_chars} characters"
+    if _URL_FORBIDDEN.search(url):
+        return "it contains whitespace or control characters"
+    try:
+        parts = urlsplit(url)
+        port = parts.port  # a port out of range or not a number raises here
+    except ValueError:
+        return "it is not a valid URL (malformed host or port)"
+    if parts.scheme not in ("http", "https"):
+        return NOT_HTTP
+    if not parts.hostname:
+        return "it has no host"
+    if port == 0:
+        return "its port must be between 1 and 65535"
+    return None
 
 
 def _invalid(code: str, message: str) -> PydanticCustomError:
@@ -95,8 +130,8 @@ class CreateBatchRequest(BaseModel):
     @field_validator("input_file_id")
     @classmethod
     def _input(cls, value: str) -> str:
-        if value.split(":", 1)[0].lower() in ("http", "https") and not is_url_input(value):
-            raise _invalid("invalid_value", f"input_file_id looks like a URL but has no host: {value!r}")
+        if value.split(":", 1)[0].lower() in ("http", "https") and (problem := url_problem(value)) is not None:
+            raise _invalid("invalid_value", f"input_file_id looks like a URL, but {problem}")
         return value
 
     @field_validator("endpoint")
@@ -104,7 +139,7 @@ class CreateBatchRequest(BaseModel):
     def _endpoint(cls, value: str) -> str:
         if value not in SUPPORTED_ENDPOINTS:
             allowed = ", ".join(sorted(SUPPORTED_ENDPOINTS))
-            raise _invalid("invalid_value", f"endpoint must be one of {allowed}, got {value!r}")
+            raise _invalid("invalid_value", f"endpoint must be one of {allowed}, got {quote(value)}")
         return value
 
     @field_validator("completion_window")
@@ -127,14 +162,17 @@ class CreateBatchRequest(BaseModel):
         for key, item in value.items():
             if key.startswith("$"):
                 # MongoDB stores batch documents; it reserves "$"-prefixed names for operators.
-                raise _invalid("invalid_value", f"metadata key {key[:80]!r} must not start with '$'")
+                raise _invalid("invalid_value", f"metadata key {quote(key, METADATA_MAX_KEY)} must not start with '$'")
             if len(key) > METADATA_MAX_KEY:
-                raise _invalid("metadata_key_too_long",
-                               f"metadata key {key[:80]!r} is longer than {METADATA_MAX_KEY} characters")
+                raise _invalid("metadata_key_too_long", f"metadata key {quote(key, METADATA_MAX_KEY)} is longer "
+                               f"than {METADATA_MAX_KEY} characters")
             limit = METADATA_FIELD_LIMITS.get(key, METADATA_MAX_VALUE)
             if len(item) > limit:
                 raise _invalid("metadata_value_too_long",
-                               f"metadata value of {key!r} is longer than {limit} characters ({len(item)})")
+                               f"metadata value of {quote(key)} is longer than {limit} characters ({len(item)})")
+            if _CONTROL.search(key) or _CONTROL.search(item):
+                raise _invalid("invalid_value", f"metadata pair {quote(key)} contains a control character "
+                               "(only tab, newline and carriage return are allowed)")
         return value
 
     @property
@@ -182,7 +220,7 @@ class BatchListQuery(BaseModel):
         for status in value or ():
             if status not in BATCH_STATUSES:
                 raise _invalid("invalid_value",
-                               f"unknown status {status!r}; expected any of {', '.join(BATCH_STATUSES)}")
+                               f"unknown status {quote(status)}; expected any of {', '.join(BATCH_STATUSES)}")
         return value
 
     @field_validator("create_after", "create_before", mode="before")

@@ -16,6 +16,7 @@ import orjson
 
 from schemas.inference import CHAT_COMPLETIONS, CHAT_DS_TEST, COMPLETIONS, EMBEDDINGS, SUPPORTED_ENDPOINTS
 from schemas.jsonl import DEFAULT_MAX_LINE_BYTES, RawLine
+from schemas.text import DEFAULT_QUOTE_CHARS, cut, quote
 
 _loads = orjson.loads
 
@@ -129,12 +130,26 @@ def _type_name(value: Any) -> str:
     )
 
 
+def _shown(value: Any, limit: int) -> str:
+    """A value from a line, as a message quotes it: strings cut, containers by their type only
+    (their repr could be megabytes, and is never needed to see what is wrong)."""
+    if isinstance(value, dict | list):
+        return f"a JSON {_type_name(value)}"
+    return quote(value, limit)
+
+
+# Unknown field names a message lists before it only counts the rest.
+_MAX_LISTED_FIELDS = 10
+
+
 class LineValidator:
     """Stateful across one file: it remembers custom_ids to report duplicates.
 
     `endpoint`: the batch's endpoint; every line's url must equal it. None (run-batch without
     --endpoint) accepts any supported endpoint. `model`: the batch's one model; None adopts
-    the first valid line's model and then holds every later line to it.
+    the first valid line's model and then holds every later line to it. `quote_chars`: how much
+    of a user-supplied string a message quotes (messages are stored on the batch and sent in its
+    events, so a line's megabyte string must not become a megabyte message).
     """
 
     def __init__(
@@ -143,8 +158,10 @@ class LineValidator:
         endpoint: str | None = None,
         model: str | None = None,
         max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
+        quote_chars: int = DEFAULT_QUOTE_CHARS,
     ) -> None:
         self.endpoint = endpoint
+        self.quote_chars = quote_chars
         self.model = model
         self.max_line_bytes = max_line_bytes
         # hash(custom_id) -> first line number. Hashes, not strings, bound the memory of a
@@ -208,11 +225,12 @@ class LineValidator:
             data.decode("utf-8")
         except UnicodeDecodeError as uexc:
             return LineIssue(n, s, e, None, "invalid_utf8", f"line {n} is not valid UTF-8 (byte {uexc.start})")
-        return LineIssue(n, s, e, None, "invalid_json", f"line {n} is not valid JSON: {exc}")
+        return LineIssue(n, s, e, None, "invalid_json", f"line {n} is not valid JSON: {cut(str(exc), self.quote_chars)}")
 
     def _check(self, raw: RawLine, obj: Any) -> ValidLine | LineIssue:
         """The full check of a parsed line, in the order that decides which problem is reported."""
         n, s, e = raw.number, raw.start, raw.end
+        q = self.quote_chars
         if not isinstance(obj, dict):
             return LineIssue(n, s, e, None, "invalid_json",
                              f"line {n} must be a JSON object, got {_type_name(obj)}")
@@ -228,7 +246,8 @@ class LineValidator:
         first = self._seen.get(key) or (self._older.get(key) if self._older is not None else 0) or None
         if first is not None:
             return LineIssue(n, s, e, custom_id, "duplicate_custom_id",
-                             f"line {n}: custom_id {custom_id!r} is already used on line {first}", "custom_id")
+                             f"line {n}: custom_id {quote(custom_id, q)} is already used on line {first}",
+                             "custom_id")
         self._seen[key] = n
         if len(self._seen) >= self.spill_at:
             self._spill()
@@ -236,7 +255,7 @@ class LineValidator:
         method = obj.get("method")
         if method != "POST":
             return LineIssue(n, s, e, custom_id, "invalid_method",
-                             f"line {n}: method must be \"POST\", got {method!r}", "method")
+                             f"line {n}: method must be \"POST\", got {_shown(method, q)}", "method")
 
         url = obj.get("url")
         if not isinstance(url, str) or not url:
@@ -244,10 +263,11 @@ class LineValidator:
         if self.endpoint is not None:
             if url != self.endpoint:
                 return LineIssue(n, s, e, custom_id, "mismatched_url",
-                                 f"line {n}: url {url!r} differs from the batch endpoint {self.endpoint!r}", "url")
+                                 f"line {n}: url {quote(url, q)} differs from the batch endpoint "
+                                 f"{quote(self.endpoint, q)}", "url")
         elif url not in SUPPORTED_ENDPOINTS:
             return LineIssue(n, s, e, custom_id, "unsupported_url",
-                             f"line {n}: url {url!r} is not one of {sorted(SUPPORTED_ENDPOINTS)}", "url")
+                             f"line {n}: url {quote(url, q)} is not one of {sorted(SUPPORTED_ENDPOINTS)}", "url")
 
         body = obj.get("body")
         if not isinstance(body, dict):
@@ -261,7 +281,8 @@ class LineValidator:
             self.model = model
         elif model != self.model:
             return LineIssue(n, s, e, custom_id, "mismatched_model",
-                             f"line {n}: body.model {model!r} differs from the batch model {self.model!r}; "
+                             f"line {n}: body.model {quote(model, q)} differs from the batch model "
+                             f"{quote(self.model, q)}; "
                              "a batch runs one model", "body.model")
         required = _REQUIRED_BODY_FIELD.get(url)
         if required is not None:
@@ -275,6 +296,8 @@ class LineValidator:
             return LineIssue(n, s, e, custom_id, "invalid_body",
                              f"line {n}: body.stream is not supported in a batch", "body.stream")
         if len(obj) > 4 and (extra := sorted(set(obj) - {"custom_id", "method", "url", "body"})):
+            listed = ", ".join(cut(name, q) for name in extra[:_MAX_LISTED_FIELDS])
+            more = f" and {len(extra) - _MAX_LISTED_FIELDS} more" if len(extra) > _MAX_LISTED_FIELDS else ""
             return LineIssue(n, s, e, custom_id, "invalid_json",
-                             f"line {n}: unknown field(s) {', '.join(extra)}", extra[0])
+                             f"line {n}: unknown field(s) {listed}{more}", cut(extra[0], q))
         return ValidLine(n, s, e, custom_id, url, body)

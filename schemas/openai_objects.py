@@ -8,7 +8,10 @@ from __future__ import annotations
 
 from typing import Any, Generic, Literal, TypeVar
 
+import orjson
 from pydantic import BaseModel, ConfigDict, Field
+
+from schemas.text import cut
 
 BatchStatus = Literal[
     "validating", "failed", "in_progress", "finalizing", "completed", "expired", "cancelling", "cancelled"
@@ -141,3 +144,68 @@ class ModelList(_Wire):
 def dump(obj: BaseModel) -> dict[str, Any]:
     """The JSON-ready form the API returns (None fields kept, as OpenAI returns nulls)."""
     return obj.model_dump(mode="json")
+
+
+# --- the Batch object's size bound ----------------------------------------------------------------
+# Every retrieve and list returns the Batch object, and every event carries it: whatever a client
+# sent, it stays under this many bytes as compact UTF-8 JSON (orjson, what the API answers with).
+BATCH_OBJECT_MAX_BYTES = 64 * 1024
+# Left free below the bound, so a field added later cannot tip a full object over it unnoticed.
+BATCH_OBJECT_SLACK_BYTES = 1024
+MAX_BATCH_ERRORS = 100
+# Bounds of the stored strings that come from a client's input (a line's model, error texts that
+# quote lines); what the API validates at create (metadata, input_file_id) is bounded there.
+MODEL_MAX_CHARS = 256
+ERROR_MESSAGE_MAX_CHARS = 500
+ERROR_FIELD_MAX_CHARS = 200
+
+
+def _cut_text(value: Any, limit: int) -> Any:
+    return cut(value, limit) if isinstance(value, str) else value
+
+
+def bounded_model(model: Any) -> Any:
+    """A batch's model as the object shows it: a client's overlong model name is cut."""
+    return _cut_text(model, MODEL_MAX_CHARS)
+
+
+def bounded_errors(errors: Any) -> list[dict[str, Any]]:
+    """`errors.data` entries as the object shows them: at most MAX_BATCH_ERRORS, each text cut.
+
+    The writers already cap and cut; this holds even for a document written by an older or a
+    buggy writer, because the object is what every read and event carries.
+    """
+    out: list[dict[str, Any]] = []
+    for entry in list(errors or ())[:MAX_BATCH_ERRORS]:
+        if not isinstance(entry, dict):
+            continue
+        out.append({
+            "code": _cut_text(entry.get("code"), ERROR_FIELD_MAX_CHARS),
+            "message": _cut_text(entry.get("message"), ERROR_MESSAGE_MAX_CHARS),
+            "param": _cut_text(entry.get("param"), ERROR_FIELD_MAX_CHARS),
+            "line": entry.get("line") if isinstance(entry.get("line"), int) else None,
+        })
+    return out
+
+
+def fit_batch_object(obj: dict[str, Any]) -> dict[str, Any]:
+    """`obj` (a dumped Batch) with as many of its `errors.data` entries as fit the size bound.
+
+    Everything else in the object is bounded where it is accepted (metadata and input_file_id at
+    create, the model and error texts above), so only the number of error entries is left to fit:
+    they take what the rest leaves, first entries first.
+    """
+    errors = obj.get("errors")
+    if not errors or not errors.get("data"):
+        return obj
+    data = errors["data"]
+    errors["data"] = []
+    room = BATCH_OBJECT_MAX_BYTES - BATCH_OBJECT_SLACK_BYTES - len(orjson.dumps(obj))
+    kept: list[Any] = []
+    for entry in data:
+        room -= len(orjson.dumps(entry)) + 1  # +1: the comma between entries
+        if room < 0:
+            break
+        kept.append(entry)
+    errors["data"] = kept
+    return obj

@@ -9,14 +9,16 @@ from __future__ import annotations
 import logging
 from typing import Any, TypeVar
 
+import orjson
 from aiohttp import web
 from pydantic import BaseModel
 
-from schemas.batch_api import VALIDATION_CODES, BatchListQuery, CreateBatchRequest
+from schemas.batch_api import NOT_HTTP, VALIDATION_CODES, BatchListQuery, CreateBatchRequest, url_problem
 from schemas.inference import CHAT_DS_TEST
 from schemas.openai_objects import TERMINAL_STATUSES, Batch, BatchList
+from schemas.text import cut, quote
 from services.batches.context import BATCHES_KEY, BatchesContext
-from services.batches.peek import first_line, model_of_line
+from services.batches.peek import first_model
 from services.http.auth import project_of
 from services.http.errors import APIError, invalid_request, not_found
 from services.http.openapi import operation
@@ -38,8 +40,18 @@ def _parse(model: type[M], data: dict[str, Any]) -> M:
     return parse_fields(model, data, own_codes=VALIDATION_CODES)
 
 
+def _json(body: Any) -> web.Response:
+    # orjson writes UTF-8 rather than \u escapes (up to 12 bytes a character), so the Batch object's
+    # size bound (schemas.openai_objects) holds for the bytes on the wire too.
+    return web.Response(body=orjson.dumps(body), content_type="application/json")
+
+
 def _batch_missing(batch_id: str) -> APIError:
-    return not_found(f"No batch found with id '{batch_id}'.", param="batch_id", code="batch_not_found")
+    return not_found(f"No batch found with id '{cut(batch_id)}'.", param="batch_id", code="batch_not_found")
+
+
+def _file_missing(file_id: str) -> APIError:
+    return not_found(f"No such File object: {cut(file_id)}", param="input_file_id", code="file_not_found")
 
 
 def _expires_in(ctx: BatchesContext, req: CreateBatchRequest) -> float:
@@ -60,7 +72,7 @@ async def _input_of(
         return {"kind": "url", "url": req.input_file_id}, None
     record = await ctx.files.pin(project, req.input_file_id, batch_id)
     if record is None:
-        raise not_found(f"No such File object: {req.input_file_id}", param="input_file_id", code="file_not_found")
+        raise _file_missing(req.input_file_id)
     if record.purpose != "batch":
         raise invalid_request(
             f"File {record.id} has purpose '{record.purpose}'; a batch needs a file uploaded with purpose 'batch'.",
@@ -71,12 +83,18 @@ async def _input_of(
             f"File {record.id} is {record.bytes} bytes; the limit is {ctx.settings.max_file_bytes} bytes.",
             param="input_file_id", code="file_too_large",
         )
+    settings = ctx.settings
     try:
-        line = await first_line(ctx.objects, record.key, max_bytes=ctx.settings.max_line_bytes + 1)
+        # As far as a limited model's whole file may reach (see services/batches/peek.py), and at
+        # least one whole line.
+        model = await first_model(
+            ctx.objects, record.key, max_line_bytes=settings.max_line_bytes,
+            max_bytes=max(settings.max_line_bytes + 1, settings.test_model_max_file_bytes),
+        )
     except ObjectNotFound:
         # Visible but its bytes are gone: it is being deleted right now.
-        raise not_found(f"No such File object: {record.id}", param="input_file_id", code="file_not_found") from None
-    return {"kind": "file", "key": record.key, "bytes": record.bytes}, model_of_line(line)
+        raise _file_missing(record.id) from None
+    return {"kind": "file", "key": record.key, "bytes": record.bytes}, model
 
 
 async def _check_callback_url(ctx: BatchesContext, req: CreateBatchRequest) -> None:
@@ -85,6 +103,10 @@ async def _check_callback_url(ctx: BatchesContext, req: CreateBatchRequest) -> N
     url = (req.metadata or {}).get("callback_url")
     if url is None:
         return
+    problem = url_problem(url)
+    if problem is not None and problem != NOT_HTTP:
+        raise invalid_request(f"Invalid value for 'metadata.callback_url': {problem}.",
+                              param="metadata.callback_url", code="invalid_url")
     try:
         await check_url(url, URLPolicy.from_settings(ctx.settings))
     except URLRefused as exc:
@@ -94,9 +116,33 @@ async def _check_callback_url(ctx: BatchesContext, req: CreateBatchRequest) -> N
         ) from None
 
 
+async def _check_input_url(ctx: BatchesContext, req: CreateBatchRequest) -> None:
+    """An input URL is held to the input URL policy now, so one that reaches into the private network
+    (or nowhere) is a 400 at create; the dispatcher checks again at fetch, since DNS can change."""
+    if not req.is_url:
+        return
+    try:
+        await check_url(req.input_file_id, URLPolicy.for_inputs(ctx.settings))
+    except URLRefused as exc:
+        # The guard's refusals name the kind of address, never the address or the name it resolved to.
+        raise invalid_request(
+            f"Invalid value for 'input_file_id': {exc}.", param="input_file_id", code="url_not_allowed"
+        ) from None
+
+
+def _too_many_running(limit: int, what: str, setting: str) -> APIError:
+    return APIError(
+        429,
+        f"At most {limit} {what} may be running at once per project (validating, in_progress, finalizing or "
+        f"cancelling; setting {setting}); wait for one to end.",
+        code="too_many_running_batches",
+    )
+
+
 async def create_batch(ctx: BatchesContext, project: str, req: CreateBatchRequest) -> Doc:
     """Check, insert in `validating` with its `batch.created` event, publish; the new document."""
     await _check_callback_url(ctx, req)
+    await _check_input_url(ctx, req)
     batch_id = new_batch_id()
     try:
         return await _create_pinned(ctx, project, req, batch_id)
@@ -131,18 +177,18 @@ async def _create_pinned(ctx: BatchesContext, project: str, req: CreateBatchRequ
         batch_id=batch_id,
     )
     await ctx.store.insert(doc)
-    if is_limited and model is not None:
-        # Counted after the insert, so two concurrent creates cannot both slip under the limit
-        # (at worst both are refused); the refused batch is removed before its event is sent.
-        running = await ctx.store.count_running(project, model)
-        if running > ctx.settings.test_model_max_running:
-            await ctx.store.delete(doc["_id"])
-            raise APIError(
-                429,
-                f"At most {ctx.settings.test_model_max_running} {model} batches may run at once per project; "
-                "wait for one to finish.",
-                code="too_many_running_batches",
-            )
+    # Counted after the insert, so two concurrent creates cannot both slip under a limit (at worst
+    # both are refused); the refused batch is removed before its event is sent.
+    settings = ctx.settings
+    refusal: APIError | None = None
+    if (is_limited and model is not None
+            and await ctx.store.count_running(project, model) > settings.test_model_max_running):
+        refusal = _too_many_running(settings.test_model_max_running, f"{model} batches", "test_model_max_running")
+    if refusal is None and await ctx.store.count_running(project) > settings.project_max_running_batches:
+        refusal = _too_many_running(settings.project_max_running_batches, "batches", "project_max_running_batches")
+    if refusal is not None:
+        await ctx.store.delete(doc["_id"])
+        raise refusal
     await ctx.publisher.publish_outbox(doc)
     log.info("batch %s created (project %s, endpoint %s, model %s)", doc["_id"], project, req.endpoint, model)
     return doc
@@ -163,7 +209,7 @@ async def _create_pinned(ctx: BatchesContext, project: str, req: CreateBatchRequ
 async def create_batch_handler(request: web.Request) -> web.Response:
     req = _parse(CreateBatchRequest, await json_object(request))
     doc = await create_batch(request.app[BATCHES_KEY], project_of(request), req)
-    return web.json_response(to_api(doc))
+    return _json(to_api(doc))
 
 
 @operation("List batches", query=BatchListQuery, responses={200: BatchList}, tags=TAGS,
@@ -185,9 +231,9 @@ async def list_batches(request: web.Request) -> web.Response:
             create_before=query.create_before,
         )
     except CursorNotFound:
-        raise invalid_request(f"Invalid value for 'after': no batch with id '{query.after}'.",
+        raise invalid_request(f"Invalid value for 'after': no batch with id {quote(query.after)}.",
                               param="after", code="invalid_value") from None
-    return web.json_response(page_body([to_api(d) for d in docs], has_more=has_more))
+    return _json(page_body([to_api(d) for d in docs], has_more=has_more))
 
 
 @operation("Retrieve a batch", responses={200: Batch}, tags=TAGS, path_params=_BATCH_ID)
@@ -196,7 +242,7 @@ async def retrieve_batch(request: web.Request) -> web.Response:
     doc = await request.app[BATCHES_KEY].store.get(batch_id, project_of(request))
     if doc is None:
         raise _batch_missing(batch_id)
-    return web.json_response(to_api(doc))
+    return _json(to_api(doc))
 
 
 async def cancel_batch(ctx: BatchesContext, project: str, batch_id: str) -> Doc:
@@ -226,7 +272,7 @@ async def cancel_batch(ctx: BatchesContext, project: str, batch_id: str) -> Doc:
                        "ends the batch `cancelled` with partial output. Cancelling a `cancelling` batch is a no-op.")
 async def cancel_batch_handler(request: web.Request) -> web.Response:
     doc = await cancel_batch(request.app[BATCHES_KEY], project_of(request), request.match_info["batch_id"])
-    return web.json_response(to_api(doc))
+    return _json(to_api(doc))
 
 
 def add_batch_routes(app: web.Application) -> None:

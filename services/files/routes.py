@@ -10,7 +10,8 @@ from aiohttp.helpers import content_disposition_header
 
 from schemas.api_params import FileListParams, FileUploadForm
 from schemas.openai_objects import FileDeleted, FileList, FileObject, dump
-from services.files.upload import receive_upload
+from schemas.text import cut
+from services.files.upload import UploadSlots, receive_upload
 from services.http.auth import project_of
 from services.http.errors import APIError, not_found
 from services.http.openapi import BINARY, operation
@@ -22,13 +23,14 @@ from services.stores.s3 import ObjectNotFound
 log = logging.getLogger(__name__)
 
 FILE_STORE_KEY = web.AppKey("file_store", FileStore)
+UPLOAD_SLOTS_KEY = web.AppKey("upload_slots", UploadSlots)
 DOWNLOAD_CHUNK = 1024 * 1024
 TAGS = ("files",)
 _FILE_ID = {"file_id": "The file's id (`file-…`)."}
 
 
 def _missing(file_id: str) -> APIError:
-    return not_found(f"No such File object: {file_id}", param="file_id", code="file_not_found")
+    return not_found(f"No such File object: {cut(file_id)}", param="file_id", code="file_not_found")
 
 
 async def _visible_file(request: web.Request) -> FileRecord:
@@ -48,12 +50,14 @@ async def _visible_file(request: web.Request) -> FileRecord:
     description=(
         "Streams the file to storage. Limits: `max_file_bytes` (500 MB) per file; a `batch` file must be "
         "JSONL with at most 50,000 lines of at most 6 MB, each a JSON object (a bad line answers 400 "
-        "naming its number)."
+        "naming its number). At most `project_max_concurrent_uploads` uploads of a project are received at "
+        "once (429 beyond); a body that sends nothing for `upload_read_timeout_seconds` is abandoned (408)."
     ),
 )
 async def create_file(request: web.Request) -> web.Response:
-    store = request.app[FILE_STORE_KEY]
-    record = await receive_upload(request, store, request.app[SETTINGS_KEY], project_of(request))
+    store, settings, project = request.app[FILE_STORE_KEY], request.app[SETTINGS_KEY], project_of(request)
+    with request.app[UPLOAD_SLOTS_KEY].hold(project, settings.project_max_concurrent_uploads):
+        record = await receive_upload(request, store, settings, project)
     return web.json_response(record.to_api())
 
 
@@ -105,6 +109,7 @@ async def file_content(request: web.Request) -> web.StreamResponse:
 
 
 def add_routes(app: web.Application) -> None:
+    app[UPLOAD_SLOTS_KEY] = UploadSlots()
     app.router.add_post("/v1/files", create_file)
     app.router.add_get("/v1/files", list_files, allow_head=False)
     app.router.add_get("/v1/files/{file_id}", retrieve_file, allow_head=False)

@@ -8,20 +8,32 @@ The form's fields may come in any order. The openai SDK sends `purpose` before `
 usual case knows the purpose while streaming; when the file comes first, the JSONL check runs
 anyway (it stops at the first problem) and its verdict counts only if the purpose is `batch`.
 The S3 upload is completed only after the whole form has been read and found valid.
+
+Sharing one service among projects: every read of the body has a deadline
+(`upload_read_timeout_seconds`), so a client that stops sending is answered 408 and its S3 part
+buffer is dropped at once, instead of being held for as long as the connection stays open; and a
+project receives at most `project_max_concurrent_uploads` bodies at once (counted per API process:
+several processes behind a router each allow that many).
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import ntpath
 import posixpath
 import time
+from collections import Counter
+from collections.abc import Awaitable, Iterator
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from aiohttp import BodyPartReader, MultipartReader, web
 from aiohttp.http_exceptions import HttpProcessingError
 
 from schemas.api_params import FileUploadFields
+from schemas.text import cut, quote
 from services.files.jsonl_shape import JsonlShapeCheck, ShapeError
 from services.http.errors import APIError, invalid_request, too_large
 from services.http.params import parse_fields
@@ -30,6 +42,7 @@ from services.state.files import FileRecord, FileStore, PendingUpload, new_file_
 from services.stores.s3 import MultipartWriter
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 READ_CHUNK = 1024 * 1024
 FIELD_LIMIT = 1024  # bytes of a small form field
@@ -51,6 +64,43 @@ def _clean_filename(raw: str | None) -> str:
     if len(name) > MAX_FILENAME:
         raise invalid_request(f"The filename is longer than {MAX_FILENAME} characters.", param=FILE_FIELD)
     return name
+
+
+class UploadSlots:
+    """Uploads being received per project, in this process (see the module doc)."""
+
+    def __init__(self) -> None:
+        self._active: Counter[str] = Counter()
+
+    def active(self, project: str) -> int:
+        return self._active[project]
+
+    @contextlib.contextmanager
+    def hold(self, project: str, limit: int) -> Iterator[None]:
+        """One slot of `project` for the duration, or a 429 when its `limit` slots are all taken."""
+        if self._active[project] >= limit:
+            raise APIError(
+                429,
+                f"At most {limit} uploads per project may be received at once (setting "
+                "project_max_concurrent_uploads); wait for one to finish.",
+                code="too_many_concurrent_uploads",
+            )
+        self._active[project] += 1
+        try:
+            yield
+        finally:
+            self._active[project] -= 1
+            if self._active[project] <= 0:
+                del self._active[project]
+
+
+def _stalled(timeout_s: float) -> APIError:
+    return APIError(
+        408,
+        f"The upload sent nothing for {timeout_s:g} seconds (setting upload_read_timeout_seconds) and was "
+        "abandoned; please retry.",
+        code="upload_timeout",
+    )
 
 
 def _shape_error(err: ShapeError) -> APIError:
@@ -80,9 +130,18 @@ class UploadForm:
     def purpose(self) -> str | None:
         return self.fields.get("purpose")
 
+    async def _within_deadline(self, read: Awaitable[T]) -> T:
+        """One read of the body, which must bring something within upload_read_timeout_seconds."""
+        timeout_s = self.settings.upload_read_timeout_seconds
+        try:
+            async with asyncio.timeout(timeout_s):
+                return await read
+        except TimeoutError:
+            raise _stalled(timeout_s) from None
+
     async def read(self, reader: MultipartReader) -> FileRecord:
         try:
-            async for part in reader:
+            while (part := await self._within_deadline(reader.next())) is not None:
                 if not isinstance(part, BodyPartReader):
                     raise invalid_request("Nested multipart bodies are not supported.", code="invalid_multipart")
                 if part.name == FILE_FIELD:
@@ -90,15 +149,17 @@ class UploadForm:
                 elif part.name in SMALL_FIELDS:
                     await self._read_field(part)
                 else:
+                    name = part.name
                     raise invalid_request(
-                        f"Unrecognized request argument supplied: {part.name!r}.", param=part.name,
-                        code="unknown_parameter",
+                        f"Unrecognized request argument supplied: {quote(name)}.",
+                        param=None if name is None else cut(name), code="unknown_parameter",
                     )
             return await self._finish()
         except (ValueError, HttpProcessingError) as exc:
             # aiohttp's multipart reader raises these for a malformed or truncated body.
             await self._discard()
-            raise invalid_request(f"The multipart body is malformed: {exc}", code="invalid_multipart") from None
+            raise invalid_request(f"The multipart body is malformed: {cut(str(exc))}",
+                                  code="invalid_multipart") from None
         except BaseException:
             await self._discard()
             raise
@@ -108,7 +169,7 @@ class UploadForm:
         if part.name in self.fields:
             raise invalid_request(f"The field {part.name!r} is given more than once.", param=part.name)
         data = bytearray()
-        while chunk := await part.read_chunk(FIELD_LIMIT + 1):
+        while chunk := await self._within_deadline(part.read_chunk(FIELD_LIMIT + 1)):
             data += chunk
             if len(data) > FIELD_LIMIT:
                 raise invalid_request(f"The field {part.name!r} is too long.", param=part.name)
@@ -127,7 +188,7 @@ class UploadForm:
         encoding = part.headers.get("Content-Transfer-Encoding", "").lower()
         if encoding not in _PLAIN_ENCODINGS:
             raise invalid_request(
-                f"Content-Transfer-Encoding {encoding!r} is not supported; send the file as binary.",
+                f"Content-Transfer-Encoding {quote(encoding)} is not supported; send the file as binary.",
                 param=FILE_FIELD,
             )
         filename = _clean_filename(part.filename)
@@ -139,7 +200,7 @@ class UploadForm:
                 max_line_bytes=self.settings.max_line_bytes, max_lines=self.settings.max_requests_per_batch
             )
         limit = self.settings.max_file_bytes
-        while chunk := await part.read_chunk(READ_CHUNK):
+        while chunk := await self._within_deadline(part.read_chunk(READ_CHUNK)):
             streamed.size += len(chunk)
             if streamed.size > limit:
                 raise too_large(
@@ -204,14 +265,14 @@ async def receive_upload(request: web.Request, store: FileStore, settings: Setti
     """Read the multipart form of `request` and store its file; any failure leaves nothing behind."""
     if request.content_type != "multipart/form-data":
         raise invalid_request(
-            f"Expected a multipart/form-data body, got {request.content_type or 'none'!r}.",
+            f"Expected a multipart/form-data body, got {quote(request.content_type or 'none')}.",
             code="invalid_content_type",
         )
     _content_length_check(request, settings.max_file_bytes)
     try:
         reader = await request.multipart()
     except ValueError as exc:  # no or a bad boundary
-        raise invalid_request(f"The multipart body is malformed: {exc}", code="invalid_multipart") from None
+        raise invalid_request(f"The multipart body is malformed: {cut(str(exc))}", code="invalid_multipart") from None
     started = time.perf_counter()
     record = await UploadForm(store, settings, project).read(reader)
     log.info(

@@ -13,11 +13,14 @@ import orjson
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
+from schemas.text import cut
 from services.http.errors import APIError, invalid_request
 
 M = TypeVar("M", bound=BaseModel)
 
 MISSING_PARAMETER = "missing_required_parameter"
+MESSAGE_MAX_CHARS = 1000
+PARAM_MAX_CHARS = 200
 INVALID_VALUE = "invalid_value"
 
 
@@ -32,14 +35,20 @@ def validation_error(exc: ValidationError, *, default_param: str | None = None) 
     """The first error of `exc` as a 400 naming its parameter (the others would follow from a fix)."""
     err = exc.errors(include_url=False)[0]
     param = _param_name(tuple(err["loc"])) or default_param
+    if param is not None:
+        param = cut(param, PARAM_MAX_CHARS)  # a location can hold a client's key (metadata.<key>)
     where = f"'{param}'" if param else "the request"
     if err["type"] == "missing":
         return invalid_request(f"Missing required parameter: {where}.", param=param, code=MISSING_PARAMETER)
     message = str(err["msg"])
     if message.startswith("Value error, "):
         message = message[len("Value error, ") :]
+    # Validators quote what they were given cut short already; this bounds any message that does not.
+    message = cut(message, MESSAGE_MAX_CHARS)
     value = err.get("input")
-    shown = f" (got {value!r})" if isinstance(value, str | int | float) and len(repr(value)) <= 100 else ""
+    # Short values only, judged before the repr is built (a value may be megabytes).
+    short = isinstance(value, int | float) or (isinstance(value, str) and len(value) <= 96)
+    shown = f" (got {value!r})" if short and len(repr(value)) <= 100 else ""
     return invalid_request(f"Invalid value for {where}: {message}{shown}.", param=param, code=INVALID_VALUE)
 
 

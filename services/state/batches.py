@@ -18,6 +18,8 @@ Document fields (`_id` = `batch_<24 hex>`):
     completion_window, created_at, expires_at, <status>_at, request_counts {total, completed, failed},
     usage (BatchUsage shape or None), errors (list of {code, message, param, line} or None),
     output_file_id, error_file_id, metadata, chunks_total, outbox (pending CloudEvent dicts),
+    dispatch_plan {model, chunks_total, requests, chunk_lines, chunk_max_bytes} (the validation pass's
+    result, recorded before its chunks: a redelivered `batch.created` finishes from it), cleanup_pending,
     outbox_at (when the oldest pending event was pushed; absent when the outbox is empty),
     updated_at, rev (incremented by every write that changes what the API shows).
 """
@@ -39,7 +41,16 @@ from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 
 from schemas.events import batch_event
-from schemas.openai_objects import TERMINAL_STATUSES, Batch, BatchErrors, BatchStatus, dump
+from schemas.openai_objects import (
+    TERMINAL_STATUSES,
+    Batch,
+    BatchErrors,
+    BatchStatus,
+    bounded_errors,
+    bounded_model,
+    dump,
+    fit_batch_object,
+)
 
 BATCHES_COLLECTION = "batches"
 BATCH_STATUSES: tuple[str, ...] = BatchStatus.__args__  # type: ignore[attr-defined]
@@ -50,6 +61,9 @@ TIME_FIELDS: tuple[str, ...] = (
     "created_at", "in_progress_at", "expires_at", "finalizing_at", "completed_at", "failed_at",
     "expired_at", "cancelling_at", "cancelled_at",
 )
+# Set (True) by the write that makes a batch terminal, cleared once what it held is released
+# (input pin, chunk ledger, URL copy, parts): a process that dies in between leaves the flag for the sweep.
+CLEANUP_FIELD = "cleanup_pending"
 # A writer whose CAS keeps losing to field updates (not to a status change) retries this often.
 _MAX_CAS_ATTEMPTS = 50
 
@@ -76,11 +90,12 @@ def _seconds(value: Any) -> int | None:
 
 def to_api(doc: Mapping[str, Any]) -> dict[str, Any]:
     """The Batch object exactly as the API returns it (and as events carry it in `data`)."""
-    errors = doc.get("errors")
+    # Bounded here, not only by the writers: every read and every event carries this object.
+    errors = bounded_errors(doc.get("errors"))
     fields: dict[str, Any] = {
         "id": doc["_id"],
         "endpoint": doc["endpoint"],
-        "model": doc.get("model"),
+        "model": bounded_model(doc.get("model")),
         "errors": BatchErrors(data=errors) if errors else None,
         "input_file_id": doc["input_file_id"],
         "completion_window": doc["completion_window"],
@@ -93,7 +108,7 @@ def to_api(doc: Mapping[str, Any]) -> dict[str, Any]:
     }
     for name in TIME_FIELDS:
         fields[name] = _seconds(doc.get(name))
-    return dump(Batch.model_validate(fields))
+    return fit_batch_object(dump(Batch.model_validate(fields)))
 
 
 def new_batch_document(
@@ -187,6 +202,8 @@ class BatchStore:
             IndexModel([("status", ASCENDING), ("expires_at", ASCENDING)]),
             # republish_stale: only batches with pending events carry outbox_at.
             IndexModel([("outbox_at", ASCENDING)], sparse=True),
+            # with_pending_cleanup: only terminal batches whose cleanup has not run carry the flag.
+            IndexModel([(CLEANUP_FIELD, ASCENDING)], sparse=True),
         ])
 
     # -- reads --
@@ -263,11 +280,24 @@ class BatchStore:
         async for doc in self._collection.find({"status": {"$in": _statuses(statuses)}}, dict.fromkeys(fields, 1)):
             yield doc
 
-    async def count_running(self, project: str, model: str) -> int:
-        """How many of the project's batches of `model` are not terminal yet."""
-        return await self._collection.count_documents(
-            {"project": project, "model": model, "status": {"$in": list(ACTIVE_STATUSES)}}
-        )
+    async def count_running(self, project: str, model: str | None = None) -> int:
+        """How many of the project's batches (of `model`, when given) are not terminal yet."""
+        query: dict[str, Any] = {"project": project, "status": {"$in": list(ACTIVE_STATUSES)}}
+        if model is not None:
+            query["model"] = model
+        return await self._collection.count_documents(query)
+
+    async def with_pending_cleanup(self, limit: int = 100) -> Docs:
+        """Terminal batches whose clean-up (input pin, ledger, copies) has not finished: its process died."""
+        cursor = self._collection.find(
+            {CLEANUP_FIELD: True, "status": {"$in": list(TERMINAL_STATUSES)}},
+            {"outbox": 0, "errors": 0, "metadata": 0},
+        ).limit(limit)
+        return await cursor.to_list(length=limit)
+
+    async def cleanup_done(self, batch_id: str) -> None:
+        """Clear the clean-up flag (see `with_pending_cleanup`); not an API change, so no `rev` bump."""
+        await self._collection.update_one({"_id": batch_id}, {"$unset": {CLEANUP_FIELD: ""}})
 
     async def with_stale_outbox(self, older_than_s: float, limit: int = 500) -> Docs:
         """Batches whose oldest pending event was pushed more than `older_than_s` seconds ago."""

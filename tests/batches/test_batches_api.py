@@ -17,7 +17,8 @@ import pytest
 from tests.support.api import Api, MakeApi
 from tests.support.lines import request_lines
 
-URL_INPUT = "https://example.com/data/requests.jsonl"
+# Loopback: the test settings allow private input URLs, and no dispatcher fetches it here.
+URL_INPUT = "http://127.0.0.1:9/data/requests.jsonl"
 
 
 def stamp(epoch: float) -> str:

@@ -27,6 +27,8 @@ def base_settings(state_dir: Path) -> Settings:
         s3_region="us-east-1",
         s3_bucket="offhours-test",
         log_json=False,
+        # Tests serve input files from loopback servers; tests of the input URL guard turn this off.
+        input_url_allow_private=True,
     )
 
 
