@@ -159,8 +159,12 @@ class LineValidator:
         model: str | None = None,
         max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
         quote_chars: int = DEFAULT_QUOTE_CHARS,
+        default_model: str | None = None,
     ) -> None:
         self.endpoint = endpoint
+        # run-batch only (`--model`, as FastDeploy's and vLLM's run-batch): a line with no
+        # body.model gets this one. The Batch API leaves it None and keeps requiring body.model.
+        self.default_model = default_model
         self.quote_chars = quote_chars
         self.model = model
         self.max_line_bytes = max_line_bytes
@@ -274,6 +278,8 @@ class LineValidator:
             return LineIssue(n, s, e, custom_id, "invalid_body",
                              f"line {n}: body must be a JSON object, got {_type_name(body)}", "body")
         model = body.get("model")
+        if model is None and self.default_model is not None:
+            model = body["model"] = self.default_model  # the engine gets the filled body
         if not isinstance(model, str) or not model:
             return LineIssue(n, s, e, custom_id, "missing_model",
                              f"line {n}: body.model must be a non-empty string", "body.model")

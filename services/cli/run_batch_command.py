@@ -18,7 +18,7 @@ Reads an OpenAI Batch input file, one request per line
   {"custom_id": "r1", "method": "POST", "url": "/v1/chat/completions",
    "body": {"model": "batch-test-model", "messages": [{"role": "user", "content": "Hi"}]}}
 
-runs every line through MODEL, and writes one result line per input line, in input order:
+(body.model may be left out, as in FastDeploy's files: it is then MODEL), runs every line through MODEL, and writes one result line per input line, in input order:
 
   {"id": "batch_req_…", "custom_id": "r1", "response": {"status_code": 200,
    "request_id": "…", "body": {…}}, "error": null}
@@ -26,7 +26,9 @@ runs every line through MODEL, and writes one result line per input line, in inp
 A line that cannot run (bad JSON, duplicate custom_id, wrong model, …) gets an error line
 with its line number and a code, and the run goes on. Memory stays bounded whatever the
 file size. After a crash, SIGKILL or Ctrl-C, rerun the same command with --resume: it
-finishes the file with every line's result present exactly once.
+finishes the file with every line's result present exactly once. After transient failures
+(an engine that was down, 429/5xx answers), rerun it with --retry-failed: only those lines
+run again, and the files are rewritten with every line's result still present exactly once.
 """
 
 EPILOG = """\
@@ -45,6 +47,13 @@ examples:
 
   # interrupted? the same command again, with --resume
   offhours run-batch -i requests.jsonl -o results.jsonl --model batch-test-model --resume
+
+  # FastDeploy's input format: no body.model in the lines, the model comes from --model
+  offhours run-batch -i examples/fastdeploy-run-batch.jsonl -o /tmp/out.jsonl --model batch-test-model
+
+  # some lines got 503s or timeouts? run only those again; the files are rewritten in place
+  offhours run-batch -i requests.jsonl -o results.jsonl --error-file errors.jsonl \\
+      --model my-upstream --retry-failed
 
 exit status:
   0    every line succeeded
@@ -118,8 +127,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     run = p.add_argument_group("model and requests")
     run.add_argument(
         "--model", required=True, metavar="MODEL",
-        help="the model to run, a name in the model registry; every line's body.model must be this "
-             "name (e.g. --model batch-test-model)")
+        help="the model to run, a name in the model registry; a line's body.model must be this name, "
+             "and a line without body.model gets it, as FastDeploy does (e.g. --model batch-test-model)")
     run.add_argument(
         "--models-file", type=Path, metavar="PATH",
         help="the model registry to read instead of the built-in services/inference/models.toml "
@@ -142,6 +151,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="continue the output an earlier run of the same command left (after a crash, SIGKILL or "
              "Ctrl-C): lines already written are not run again, a torn last line is repaired, and a URL "
              "output whose upload failed is uploaded (e.g. the same command + --resume)")
+    rec.add_argument(
+        "--retry-failed", action="store_true",
+        help="run again only the lines of the earlier run's local OUTPUT/--error-file whose failure was "
+             "transient (engine_unavailable, engine_error, batch_cancelled, batch_expired, or an answer "
+             "with status 408, 429 or 5xx; never a validation error or another 4xx), and any line "
+             "without a result; the files are then rewritten with every custom_id in them exactly once, "
+             "a retry that succeeds moving to OUTPUT (e.g. the same command + --retry-failed)")
     rec.add_argument(
         "--http-attempts", type=_positive_int, default=5, metavar="N",
         help="tries for each HTTP request (the GET of a URL input, the PUT of a URL output) before "
@@ -192,6 +208,7 @@ def _run(args: argparse.Namespace) -> int:
         endpoint=args.endpoint,
         max_concurrency=args.max_concurrency,
         resume=args.resume,
+        retry_failed=args.retry_failed,
         models_file=args.models_file or settings.models_file,
         progress=args.progress,
         progress_interval=args.progress_interval,

@@ -40,7 +40,8 @@ def corpus() -> list[tuple[bytes, str | None]]:
         (j({k: v for k, v in good(8).items() if k != "url"}), "missing_url"),
         (j({**good(9), "body": ["not", "an", "object"]}), "invalid_body"),
         (j({**good(10), "body": "text"}), "invalid_body"),
-        (j(no_body_model), "missing_model"),
+        (j(no_body_model), None),  # --model fills a missing body.model, as FastDeploy does
+        (j({**good(91), "body": {**good(91)["body"], "model": ""}}), "missing_model"),
         (j(good(11, model="gpt-4o")), "mismatched_model"),
         (j({**good(12), "body": {**good(12)["body"], "messages": "hello"}}), "invalid_body"),
         (j({**good(13), "body": {**good(13)["body"], "messages": []}}), "invalid_body"),

@@ -8,5 +8,7 @@ The command module (services/cli/run_batch_command.py) turns flags into `RunBatc
 - `http_retry` — which HTTP failures are retried, and the backoff
 - `locations` — path or URL, the staging file of a URL output, URLs fit to print
 - `resume` — what an earlier run already wrote (`--resume`)
+- `retry` — which lines `--retry-failed` runs again, and the rewrite of the result files
+- `validation` — the shared line validator, with `--model` as the default `body.model`
 - `progress` — the bar or the periodic log lines; `summary` — the closing report
 """

@@ -17,6 +17,7 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import orjson
 
@@ -53,10 +54,44 @@ def cut_torn_tail(path: Path) -> int:
         return size - keep
 
 
+# Error codes of lines that did not finish for a reason of their moment, not of the request: the
+# batch was cancelled or expired first, or the engine was down or failed. `--retry-failed` runs
+# them again; a request the validator or the model refused (any other code) would fail the same way.
+RETRIABLE_CODES = frozenset({"batch_cancelled", "batch_expired", "engine_unavailable", "engine_error"})
+# Answers that say "busy" or "broken right now" (timeouts, rate limits, any 5xx) rather than "bad request".
+RETRIABLE_STATUSES = frozenset({408, 429})
+
+
+def is_retriable(error: Any, response: Any) -> bool:
+    """Whether a failed line's outcome may differ if the same request is sent again."""
+    if isinstance(error, dict) and error.get("code") in RETRIABLE_CODES:
+        return True
+    status = response.get("status_code") if isinstance(response, dict) else None
+    return type(status) is int and (status in RETRIABLE_STATUSES or status >= 500)
+
+
 @dataclass(slots=True)
 class WrittenLine:
     number: int  # the input line it answers
     custom_id: str | None
+    data: bytes = b""  # the line as written, without its newline
+    code: str | None = None  # the error code; None for a success
+    retriable: bool = False
+    input_tokens: int = 0
+    output_tokens: int = 0
+
+
+def count_line(stats: PipelineStats, line: WrittenLine) -> None:
+    """Add one written line to a tally, as the pipeline counted it when it wrote the line."""
+    stats.total += 1
+    stats.last_line = max(stats.last_line, line.number)
+    if line.code is None:
+        stats.succeeded += 1
+        stats.input_tokens += line.input_tokens
+        stats.output_tokens += line.output_tokens
+    else:
+        stats.failed += 1
+        stats.failures_by_code[line.code] = stats.failures_by_code.get(line.code, 0) + 1
 
 
 class WrittenFile:
@@ -96,20 +131,18 @@ class WrittenFile:
             raise self._foreign(where, "it is not an output line of offhours run-batch") from None
         if self.id_prefix is None:
             self.id_prefix = line_id[len(LINE_ID_PREFIX) : len(head) + 1]
-        stats = self.stats
-        stats.total += 1
+        line = WrittenLine(number, custom_id if isinstance(custom_id, str) else None, data)
         if error is None:
-            stats.succeeded += 1
             body = (obj.get("response") or {}).get("body")
             usage = body.get("usage") if isinstance(body, dict) else None
             if isinstance(usage, dict):
-                stats.input_tokens += usage.get("prompt_tokens") or 0
-                stats.output_tokens += usage.get("completion_tokens") or 0
+                line.input_tokens = usage.get("prompt_tokens") or 0
+                line.output_tokens = usage.get("completion_tokens") or 0
         else:
-            stats.failed += 1
-            code = str(error.get("code")) if isinstance(error, dict) else "unknown"
-            stats.failures_by_code[code] = stats.failures_by_code.get(code, 0) + 1
-        return WrittenLine(number, custom_id if isinstance(custom_id, str) else None)
+            line.code = str(error.get("code")) if isinstance(error, dict) else "unknown"
+            line.retriable = is_retriable(error, obj.get("response"))
+        count_line(self.stats, line)
+        return line
 
     def _foreign(self, where: int, why: str) -> RunBatchError:
         return RunBatchError(

@@ -17,7 +17,7 @@ import secrets
 import signal
 import sys
 import time
-from collections.abc import AsyncIterator, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
@@ -29,6 +29,7 @@ from services.cli.run_batch.errors import RunBatchError
 from services.cli.run_batch.locations import is_url, redact, staging_dir, staging_name
 from services.cli.run_batch.progress import Progress
 from services.cli.run_batch.resume import DoneLines, WrittenFile
+from services.cli.run_batch.retry import RetrySelection, rewrite
 from services.cli.run_batch.sinks import FileSink
 from services.cli.run_batch.sources import LocalInput
 from services.cli.run_batch.summary import Destination, Summary
@@ -61,6 +62,7 @@ class RunBatchOptions:
     endpoint: str | None = None
     max_concurrency: int | None = None
     resume: bool = False
+    retry_failed: bool = False
     models_file: Path | None = None
     progress: bool | None = None  # None: a bar on a terminal, log lines otherwise
     progress_interval: float = 5.0
@@ -81,6 +83,7 @@ class _Target:
     url: str | None
     earlier: WrittenFile | None = None
     sink: FileSink | None = None
+    retry_path: Path | None = None  # --retry-failed: where this run's results wait for the rewrite
 
     @property
     def where(self) -> str:
@@ -112,6 +115,7 @@ class BatchRun:
         self.started = time.monotonic()
         self.targets: list[_Target] = []
         self.done: DoneLines | None = None
+        self.retry: RetrySelection | None = None
         self.pipeline: Pipeline | None = None
         self.progress: Progress | None = None
         self._signal: int | None = None
@@ -164,7 +168,8 @@ class BatchRun:
     async def _main(self) -> int:
         o = self.o
         engine = self._engine()
-        validator = LineValidator(endpoint=o.endpoint, model=o.model, max_line_bytes=o.max_line_bytes)
+        validator = LineValidator(endpoint=o.endpoint, model=o.model, default_model=o.model,
+                                   max_line_bytes=o.max_line_bytes)
         self._plan_targets()
         source = await self._open_input()
         try:
@@ -179,6 +184,9 @@ class BatchRun:
 
         done = self.done
         if stats.stopped or self._signal is not None:
+            if self.retry is not None:
+                self._say(self._resume_hint("stopped"), always=True)
+                return self._exit_for_signal()
             if done is not None:
                 done.drain()  # so the summary counts what earlier runs wrote
             self._say(self._summary(interrupted=True).render())
@@ -186,6 +194,8 @@ class BatchRun:
             return self._exit_for_signal()
         if done is not None:
             done.finish()
+        if self.retry is not None:
+            return self._finish_retry(stats)
 
         notes: dict[str, str] = {}
         for t in self.targets:
@@ -212,7 +222,10 @@ class BatchRun:
         errors = self.targets[1].sink if len(self.targets) > 1 else output
         assert output is not None and errors is not None
         done = self.done
-        id_prefix = (done.id_prefix if done else None) or f"{secrets.token_hex(6)}_"
+        retry = self.retry
+        # A retried line keeps its id: the same prefix, and the id ends in its input line number.
+        id_prefix = ((done.id_prefix if done else None) or (retry.id_prefix if retry else None)
+                     or f"{secrets.token_hex(6)}_")
         try:
             await engine.start()
         except Exception as exc:  # an engine's own start-up failure: name it, no traceback
@@ -224,13 +237,17 @@ class BatchRun:
             )
             self._start_progress(source)
             items: Iterable[Item] | AsyncIterator[Item]
+            pick = retry.pick if retry is not None else None
             if isinstance(source, LocalInput):
-                items = _local_items(source.lines(), validator, done)
+                items = _local_items(source.lines(), validator, done, pick)
             else:
-                items = _url_items(source, validator, done)
+                items = _url_items(source, validator, done, pick)
             with _gc_tuned():
                 return await self.pipeline.run(items)
         except EngineUnavailable as exc:
+            if retry is not None:
+                raise RunBatchError(f"model {o.model!r} stopped answering: {exc}. {self._unchanged()} "
+                                    "Rerun the same command once it is back.") from exc
             raise RunBatchError(
                 f"model {o.model!r} stopped answering: {exc}. What was written is kept; "
                 "rerun the same command with --resume once it is back"
@@ -265,6 +282,16 @@ class BatchRun:
         o = self.o
         locations = [("output", o.output)] + ([("errors", o.error_file)] if o.error_file else [])
         urls = [location for _, location in locations if is_url(location)]
+        if o.retry_failed:
+            if o.resume:
+                raise RunBatchError("--retry-failed and --resume do not go together: --retry-failed also "
+                                    "runs the lines an interrupted run left without a result")
+            if urls:
+                raise RunBatchError("--retry-failed rewrites local result files; download the output and "
+                                    "error files, retry them locally, and upload the new files")
+            if not Path(o.output).is_file():
+                raise RunBatchError(f"--retry-failed: there is no output file {o.output} to retry; "
+                                    "run the command without --retry-failed first")
         if urls:
             if o.output_tmp_dir is not None and not o.output_tmp_dir.is_dir():
                 raise RunBatchError(f"--output-tmp-dir {o.output_tmp_dir} does not exist")
@@ -299,6 +326,9 @@ class BatchRun:
         return LocalInput(o.input, o.max_line_bytes)
 
     def _open_outputs(self) -> None:
+        if self.o.retry_failed:
+            self._open_retry()
+            return
         resuming = []
         for t in self.targets:
             if self.o.resume and t.path.is_file():
@@ -316,6 +346,51 @@ class BatchRun:
             self.done = DoneLines(resuming)
             if not resuming:
                 self._say("offhours run-batch: resume: no earlier output found; starting from the first line")
+
+    def _open_retry(self) -> None:
+        earlier = []
+        for t in self.targets:
+            if t.path.is_file():
+                try:
+                    written = WrittenFile(t.path)
+                except OSError as exc:
+                    raise RunBatchError(f"cannot retry from {t.path}: {exc.strerror or exc}") from exc
+                earlier.append(written)
+                if written.repaired_bytes:
+                    self._say(f"offhours run-batch: retry: removed a torn last line "
+                              f"({written.repaired_bytes} bytes) from {t.path}")
+            # Next to its file, so that the rewrite replaces it by a rename on the same file system.
+            t.retry_path = t.path.with_name(f".{t.path.name}.retry")
+            t.sink = FileSink(t.retry_path, append=False)
+        self.retry = RetrySelection(earlier)
+
+    def _finish_retry(self, now: PipelineStats) -> int:
+        retry = self.retry
+        assert retry is not None
+        retry.finish()
+        earlier = [f.path for f in retry.files]
+        output = self.targets[0].path
+        errors = self.targets[1].path if len(self.targets) > 1 else None
+        if now.total or retry.doubled:
+            retried = [t.retry_path for t in self.targets if t.retry_path is not None]
+            total, lines = rewrite(earlier, retried, output, errors)
+        else:
+            # Nothing to run again: the files stay as they are, byte for byte.
+            total = PipelineStats()
+            for f in retry.files:
+                total.add(f.stats)
+            lines = [next((f.stats.total for f in retry.files if f.path == t.path), 0) for t in self.targets]
+            if errors is not None and not errors.exists():
+                errors.touch()  # as a run would leave it: present, if empty
+            self._say("offhours run-batch: retry: no line to run again (no retriable failure, none missing)")
+        destinations = [Destination(t.label, t.where, n) for t, n in zip(self.targets, lines, strict=False)]
+        summary = Summary(stats=total, new_lines=now.total, resumed=0, elapsed=time.monotonic() - self.started,
+                          destinations=destinations, retried=now)
+        self._say(summary.render())
+        return EXIT_LINES_FAILED if total.failed else EXIT_OK
+
+    def _unchanged(self) -> str:
+        return f"The result files are unchanged: {', '.join(t.where for t in self.targets)}."
 
     def _http(self) -> aiohttp.ClientSession:
         if self._session is None:
@@ -381,6 +456,8 @@ class BatchRun:
         )
 
     def _resume_hint(self, what: str) -> str:
+        if self.retry is not None:
+            return f"offhours run-batch: {what}; {self._unchanged()} Rerun the same command to retry."
         written = ", ".join(f"{t.where} ({t.lines:,} lines)" for t in self.targets if t.sink is not None)
         return (f"offhours run-batch: {what}; what was written is kept{': ' + written if written else ''}. "
                 "Rerun the same command with --resume to finish.")
@@ -395,6 +472,12 @@ class BatchRun:
                     t.sink.close()
         if self.done is not None:
             self.done.close()
+        if self.retry is not None:
+            self.retry.close()
+        for t in self.targets:
+            if t.retry_path is not None:
+                with contextlib.suppress(OSError):
+                    t.retry_path.unlink()
         if self._staging is not None:
             # Empty once every upload succeeded (or nothing was written): leave no folder behind.
             with contextlib.suppress(OSError):
@@ -406,9 +489,12 @@ class BatchRun:
 
 def _local_items(
     lines: Iterator[RawLine], validator: LineValidator, done: DoneLines | None,
+    pick: Callable[[Item], bool] | None = None,
 ) -> Iterator[Item]:
     # filter/map run in C: this is the hot path of the whole command.
     items = filter(None, map(validator.validate, lines))
+    if pick is not None:
+        return filter(pick, items)
     if done is None:
         return items
     return _skip_done(items, done)
@@ -426,11 +512,15 @@ def _skip_done(items: Iterator[Item], done: DoneLines) -> Iterator[Item]:
 
 async def _url_items(
     source: UrlInput, validator: LineValidator, done: DoneLines | None,
+    pick: Callable[[Item], bool] | None = None,
 ) -> AsyncIterator[Item]:
     validate = validator.validate
     async for raws in source.batches():
         for item in filter(None, map(validate, raws)):
-            if done is None or not done.skip(item):
+            if pick is not None:
+                if pick(item):
+                    yield item
+            elif done is None or not done.skip(item):
                 yield item
 
 

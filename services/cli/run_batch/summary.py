@@ -24,6 +24,7 @@ class Summary:
     elapsed: float
     destinations: list[Destination] = field(default_factory=list)
     interrupted: bool = False
+    retried: PipelineStats | None = None  # --retry-failed: the lines this run ran again
 
     def render(self) -> str:
         s = self.stats
@@ -38,6 +39,9 @@ class Summary:
         ]
         if self.resumed:
             lines.append(f"  resumed  {self.resumed:,} lines were already done by an earlier run")
+        if self.retried is not None:
+            r = self.retried
+            lines.append(f"  retried  {r.total:,} lines: {r.succeeded:,} succeeded now · {r.failed:,} failed")
         lines.append(f"  tokens   {s.input_tokens:,} input · {s.output_tokens:,} output")
         lines.append(f"  speed    {format_rate(self.new_lines, self.elapsed)} lines/s "
                      f"({self.new_lines:,} lines this run)")
