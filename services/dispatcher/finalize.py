@@ -9,7 +9,10 @@ Steps (docs/architecture.md, "Lifecycle" 5), each safe to repeat after a crash:
    the error file as `batch_expired` / `batch_cancelled`. Keys and file ids derive from the batch
    id, so a second run overwrites the first with the same bytes.
 4. Register the files (`batch_output`), then CAS to the terminal status with counts, usage and file
-   ids. Only then are the parts deleted.
+   ids, flagged `cleanup_pending`.
+5. Clean up (`clean_up`): release the input pin, delete the parts (a losing attempt's too), the URL
+   input's copy and the chunk ledger, then clear the flag. A process that dies before that leaves
+   the flag, and the sweep cleans up.
 
 Memory: a few chunks' result parts and one multipart part per file, whatever the batch size.
 """
@@ -28,7 +31,7 @@ import orjson
 from schemas.batch_lines import error_line
 from schemas.line_validation import LineValidator
 from schemas.work import input_object_key, line_id, parts_prefix
-from services.state.batches import BatchStore
+from services.state.batches import CLEANUP_FIELD, BatchStore
 from services.state.chunk_objects import PartWriter, iter_raw_lines
 from services.state.files import FileStore, object_key
 from services.state.ledger import PENDING, ChunkLedger
@@ -171,6 +174,23 @@ async def release_input(files: FileStore, doc: dict[str, Any]) -> None:
         await files.unpin(doc["input_file_id"], doc["_id"])
 
 
+async def clean_up(
+    *, batches: BatchStore, ledger: ChunkLedger, store: ObjectStore, files: FileStore, doc: dict[str, Any]
+) -> None:
+    """Release what a terminal batch held: input pin, result parts, URL input copy, chunk ledger.
+
+    Every step is idempotent; the flag goes last, so a failure here (raised) leaves the work to the
+    sweep. The ledger goes after the parts: a late result then finds no pending chunk and counts nothing.
+    """
+    batch_id = doc["_id"]
+    await release_input(files, doc)
+    await store.delete_prefix(parts_prefix(batch_id))
+    if (doc.get("input") or {}).get("kind") == "url":
+        await store.delete(input_object_key(doc))
+    await ledger.delete_batch(batch_id)
+    await batches.cleanup_done(batch_id)
+
+
 class Finalizer:
     def __init__(
         self, *, batches: BatchStore, ledger: ChunkLedger, store: ObjectStore, files: FileStore,
@@ -239,16 +259,22 @@ class Finalizer:
             "usage": usage_of(a),
             "output_file_id": out_file,
             "error_file_id": err_file,
+            CLEANUP_FIELD: True,
         })
         if new is None:
             return False
         await self.publisher.publish_outbox(new)
-        await release_input(self.files, new)
         log.info("batch %s %s: %d ok, %d failed, %d unfinished (%d chunks abandoned) in %.2fs",
                  batch_id, outcome, a.succeeded, a.failed, a.unfinished, abandoned,
                  time.perf_counter() - started)
+        await self.clean_up(new)
+        return True
+
+    async def clean_up(self, doc: dict[str, Any]) -> bool:
+        """`clean_up` for a terminal batch; False (logged) when it failed and is left to the sweep."""
         try:
-            await self.store.delete_prefix(parts_prefix(batch_id))
-        except Exception:  # parts are garbage now; failing to delete them harms nothing
-            log.warning("deleting the parts of %s failed", batch_id, exc_info=True)
+            await clean_up(batches=self.batches, ledger=self.ledger, store=self.store, files=self.files, doc=doc)
+        except Exception:  # the batch is final already; what is left is garbage the sweep removes
+            log.warning("cleaning up after %s failed; the sweep retries", doc["_id"], exc_info=True)
+            return False
         return True

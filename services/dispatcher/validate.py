@@ -2,7 +2,8 @@
 
 The pass never holds more than one read buffer plus one line (≤ 6 MB), whatever the file size.
 An http(s) input is copied into S3 during the same pass, so the workers read byte ranges of a
-stable object and the URL is fetched exactly once.
+stable object and the URL is fetched exactly once. The fetch passes the input URL guard
+(services/http/url_guard.py) at every hop, under one total deadline and the file's byte limit.
 
 What fails the batch (file-level, located `errors.data`, first 100): invalid JSON/UTF-8, oversize
 lines, missing/invalid/duplicate `custom_id`, method, url, model mismatch, the request, byte and
@@ -13,16 +14,27 @@ line is a request-level problem; the worker's own validator sends it to the erro
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urljoin, urlsplit
 
 import aiohttp
 
 from schemas.jsonl import LineSplitter, RawLine
 from schemas.line_validation import LineIssue, LineValidator
 from schemas.work import input_object_key
+from services.http.url_guard import (
+    INPUT_ALLOWLIST_HINT,
+    GuardedResolver,
+    URLPolicy,
+    URLRefused,
+    check_literal,
+)
+from services.settings import Settings
 from services.state.ledger import ChunkPlan
 from services.stores.s3 import ObjectNotFound, ObjectStore
 
@@ -170,18 +182,84 @@ class InputCheck:
 
 
 class InputUnavailable(RuntimeError):
-    """The input could not be read (URL unreachable or answered an error, object gone)."""
+    """The input could not be read (URL unreachable or answered an error, object gone).
+
+    The message is shown to the batch's owner: it says what failed, never the address, the host
+    name a redirect named, or an exception's text (those carry internal names and addresses).
+    """
 
 
-async def _url_body(session: aiohttp.ClientSession, url: str) -> AsyncIterator[bytes]:
+_REDIRECTS = frozenset({301, 302, 303, 307, 308})
+
+
+@dataclass(frozen=True, slots=True)
+class URLFetch:
+    """How an input URL may be fetched: the address policy, a total deadline, redirects followed."""
+
+    policy: URLPolicy = field(default_factory=lambda: URLPolicy(what="input URLs", hint=INPUT_ALLOWLIST_HINT))
+    timeout_s: float = 900.0
+    max_redirects: int = 5
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> URLFetch:
+        return cls(URLPolicy.for_inputs(settings), settings.input_url_timeout_seconds,
+                   settings.input_url_max_redirects)
+
+
+def _check_target(url: str, policy: URLPolicy) -> None:
+    """Scheme and IP-literal host of the URL or of a redirect target (names are checked at connect)."""
     try:
-        async with session.get(url) as resp:
-            if resp.status >= 400:
-                raise InputUnavailable(f"fetching the input URL answered HTTP {resp.status}")
-            async for data in resp.content.iter_chunked(READ_SIZE):
-                yield data
-    except (aiohttp.ClientError, TimeoutError) as exc:
-        raise InputUnavailable(f"fetching the input URL failed: {exc.__class__.__name__}: {exc}") from exc
+        parts = urlsplit(url)
+        host, _ = parts.hostname, parts.port  # .port raises ValueError for an out-of-range port
+    except ValueError:
+        raise InputUnavailable("the input URL (or a redirect target) is not a valid URL") from None
+    if parts.scheme not in ("http", "https") or not host:
+        raise URLRefused("the input URL (or a redirect target) is not an http(s) URL with a host")
+    check_literal(host, policy)
+
+
+def _client_failure(exc: BaseException) -> str:
+    """What went wrong, worded without the exception's text (it names hosts and addresses)."""
+    if isinstance(exc, aiohttp.ClientConnectorDNSError):
+        return "the input URL's host name does not resolve"
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return "could not connect to the input URL's server"
+    if isinstance(exc, aiohttp.InvalidURL):
+        return "the input URL (or a redirect target) is not a valid URL"
+    if isinstance(exc, aiohttp.ServerDisconnectedError | aiohttp.ClientPayloadError):
+        return "the input URL's server closed the connection before the whole body was read"
+    return f"fetching the input URL failed ({type(exc).__name__})"
+
+
+async def _url_body(session: aiohttp.ClientSession, url: str, fetch: URLFetch) -> AsyncIterator[bytes]:
+    """The body of `url`, redirects followed by hand: each target is checked before it is called."""
+    current = url
+    for _ in range(fetch.max_redirects + 1):
+        _check_target(current, fetch.policy)
+        try:
+            async with session.get(current, allow_redirects=False) as resp:
+                if resp.status in _REDIRECTS:
+                    location = resp.headers.get("Location")
+                    if not location:
+                        raise InputUnavailable(f"the input URL answered HTTP {resp.status} without a Location")
+                    current = urljoin(str(resp.url), location)
+                    continue
+                if resp.status >= 300:
+                    raise InputUnavailable(f"fetching the input URL answered HTTP {resp.status}")
+                async for data in resp.content.iter_chunked(READ_SIZE):
+                    yield data
+                return
+        except (aiohttp.ClientError, ValueError) as exc:
+            raise InputUnavailable(_client_failure(exc)) from None
+    raise InputUnavailable(f"the input URL redirected more than {fetch.max_redirects} times")
+
+
+def _url_session(fetch: URLFetch) -> aiohttp.ClientSession:
+    # The policy lives in the resolver, so the address checked is the address connected to (no DNS
+    # rebinding); no proxy from the environment, which would connect to what the policy never saw.
+    connector = aiohttp.TCPConnector(resolver=GuardedResolver(fetch.policy), limit=1, use_dns_cache=False)
+    return aiohttp.ClientSession(connector=connector, trust_env=False, timeout=aiohttp.ClientTimeout(total=None),
+                                 auto_decompress=False)
 
 
 async def run_pass(
@@ -191,7 +269,7 @@ async def run_pass(
     limits: InputLimits,
     chunk_lines: int,
     chunk_max_bytes: int,
-    http_timeout_s: float = 300.0,
+    url: URLFetch | None = None,
 ) -> PassResult:
     """Validate and chunk the batch's input (a stored file, or a URL copied to S3 on the way)."""
     check = InputCheck(endpoint=batch["endpoint"], model=batch.get("model"), limits=limits,
@@ -207,22 +285,33 @@ async def run_pass(
     key = input_object_key(batch)
     try:
         if source.get("kind") == "url":
-            timeout = aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=http_timeout_s)
-            async with (
-                aiohttp.ClientSession(timeout=timeout) as session,
-                store.multipart_writer(key, content_type="application/jsonl") as copy,
-            ):
-                async for data in _url_body(session, str(source["url"])):
-                    feed(data)
-                    if check.done:
-                        await copy.abort()  # the batch fails: keep no partial copy
-                        break
-                    await copy.write(data)
+            fetch = url or URLFetch()
+            try:
+                # One deadline for everything (connect, redirects, every byte): a server that drips
+                # a byte now and then never trips a per-read timeout, but it does trip this.
+                async with (
+                    asyncio.timeout(fetch.timeout_s),
+                    _url_session(fetch) as session,
+                    store.multipart_writer(key, content_type="application/jsonl") as copy,
+                    contextlib.aclosing(_url_body(session, str(source["url"]), fetch)) as body,
+                ):
+                    async for data in body:
+                        feed(data)
+                        if check.done:  # a limit was hit (the byte cap included): stop reading now
+                            await copy.abort()  # the batch fails: keep no partial copy
+                            break
+                        await copy.write(data)
+            except TimeoutError:
+                raise InputUnavailable(
+                    f"the input URL did not deliver its whole body within {fetch.timeout_s:g}s"
+                ) from None
         else:
             async for data in store.iter_object(key, chunk_size=READ_SIZE):
                 feed(data)
                 if check.done:
                     break
+    except URLRefused as exc:
+        return PassResult(errors=[located("url_not_allowed", str(exc), param="input_file_id")])
     except InputUnavailable as exc:
         return PassResult(errors=[located("input_unavailable", str(exc), param="input_file_id")])
     except ObjectNotFound:

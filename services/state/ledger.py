@@ -6,7 +6,12 @@ the output files. A redelivered or late result loses the CAS and changes nothing
 
     _id: "<batch_id>:<index>"   batch_id, index, start, end, first_line, line_count
     status: pending -> done | skipped | abandoned
-    attempt, output_key, error_key, succeeded, failed, input_tokens, output_tokens, worker (once done)
+    published_at: when its work message was last sent (publish and every re-publication)
+    attempt, output_key, error_key, succeeded, failed, input_tokens, output_tokens, worker,
+    finished_at (once done)
+
+A batch's documents are deleted once it is terminal (`delete_batch`): a result arriving after
+that finds no pending chunk and counts nothing, as for any late result.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from pymongo import ASCENDING, IndexModel, UpdateOne
+from pymongo import ASCENDING, DESCENDING, IndexModel, ReturnDocument, UpdateOne
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 
@@ -25,6 +30,7 @@ from schemas.work import WorkResult, chunk_id
 CHUNKS_COLLECTION = "batch_chunks"
 PENDING = "pending"
 FINISHED_STATUSES = ("done", "skipped", "abandoned")
+_ID_BATCH = 1000  # chunk ids per `$in` (a republication of a huge batch stays a few small queries)
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,6 +42,13 @@ class ChunkPlan:
     end: int
     first_line: int
     line_count: int
+
+
+@dataclass(frozen=True, slots=True)
+class Settled:
+    """A result that won its chunk's CAS; `seconds` from the chunk's last publication to this result."""
+
+    seconds: float | None
 
 
 @dataclass(slots=True)
@@ -72,7 +85,7 @@ class ChunkLedger:
                 {"$setOnInsert": {
                     "batch_id": batch_id, "index": c.index, "start": c.start, "end": c.end,
                     "first_line": c.first_line, "line_count": c.line_count, "status": PENDING,
-                    "created_at": now,
+                    "created_at": now, "published_at": now,
                 }},
                 upsert=True,
             )
@@ -90,22 +103,68 @@ class ChunkLedger:
             query["status"] = status
         return await self._collection.find(query).sort("index", ASCENDING).to_list(None)
 
+    async def count(self, batch_id: str) -> int:
+        return await self._collection.count_documents({"batch_id": batch_id})
+
     async def count_pending(self, batch_id: str) -> int:
         return await self._collection.count_documents({"batch_id": batch_id, "status": PENDING})
 
-    async def record(self, result: WorkResult) -> bool:
-        """CAS the chunk `pending -> done|skipped` with this attempt's keys and counts; True if it won."""
+    async def pending_published_before(self, batch_id: str, cutoff: float) -> list[dict[str, Any]]:
+        """The batch's pending chunks last published before `cutoff` (epoch seconds), in input order."""
+        return await self._collection.find(
+            {"batch_id": batch_id, "status": PENDING, "published_at": {"$lt": cutoff}}
+        ).sort("index", ASCENDING).to_list(None)
+
+    async def mark_published(self, batch_id: str, indexes: Sequence[int] | None = None) -> None:
+        """Stamp `published_at` = now on the batch's pending chunks (all of them, or these indexes)."""
+        query: dict[str, Any] = {"batch_id": batch_id, "status": PENDING}
+        update = {"$set": {"published_at": time.time()}}
+        if indexes is None:
+            await self._collection.update_many(query, update)
+            return
+        ids = [chunk_id(batch_id, i) for i in indexes]
+        for i in range(0, len(ids), _ID_BATCH):
+            await self._collection.update_many({**query, "_id": {"$in": ids[i:i + _ID_BATCH]}}, update)
+
+    async def settle(self, result: WorkResult) -> Settled | None:
+        """CAS the chunk `pending -> done|skipped` with this attempt's keys and counts; None if it lost."""
+        now = time.time()
         fields: dict[str, Any] = {"status": result.outcome, "attempt": result.attempt, "worker": result.worker,
-                                  "finished_at": time.time()}
+                                  "finished_at": now}
         if result.outcome == "done":
             fields.update(
                 output_key=result.output_key, error_key=result.error_key, succeeded=result.succeeded,
                 failed=result.failed, input_tokens=result.input_tokens, output_tokens=result.output_tokens,
             )
-        res = await self._collection.update_one(
-            {"_id": chunk_id(result.batch_id, result.chunk), "status": PENDING}, {"$set": fields}
+        before = await self._collection.find_one_and_update(
+            {"_id": chunk_id(result.batch_id, result.chunk), "status": PENDING}, {"$set": fields},
+            projection={"published_at": 1, "created_at": 1}, return_document=ReturnDocument.BEFORE,
         )
-        return res.modified_count == 1
+        if before is None:
+            return None
+        published = before.get("published_at") or before.get("created_at")
+        return Settled(None if published is None else max(0.0, now - float(published)))
+
+    async def record(self, result: WorkResult) -> bool:
+        """CAS the chunk `pending -> done|skipped` with this attempt's keys and counts; True if it won."""
+        return await self.settle(result) is not None
+
+    async def chunk_seconds(self, batch_id: str, limit: int = 50) -> list[float]:
+        """Publication-to-result times of the batch's most recently finished chunks (a seed for estimates)."""
+        docs = await self._collection.find(
+            {"batch_id": batch_id, "status": "done"}, {"published_at": 1, "created_at": 1, "finished_at": 1},
+        ).sort("finished_at", DESCENDING).limit(limit).to_list(None)
+        out = []
+        for d in docs:
+            published, finished = d.get("published_at") or d.get("created_at"), d.get("finished_at")
+            if published is not None and finished is not None:
+                out.append(max(0.0, float(finished) - float(published)))
+        return out
+
+    async def delete_batch(self, batch_id: str) -> int:
+        """Drop every chunk document of a terminal batch; returns how many went."""
+        res = await self._collection.delete_many({"batch_id": batch_id})
+        return res.deleted_count
 
     async def abandon_pending(self, batch_id: str) -> int:
         """Close every still-pending chunk (expiry, cancel): a result arriving later loses its CAS."""

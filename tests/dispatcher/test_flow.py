@@ -37,12 +37,13 @@ async def test_batch_completes_with_lines_in_input_order(stack: Stack, tmp_path:
     record = await stack.files.get("p1", doc["output_file_id"])
     assert record is not None and record.purpose == "batch_output"
     assert await stack.files.get("p2", doc["output_file_id"]) is None  # another project's file
-    assert [c["status"] for c in await stack.ledger.chunks(batch_id)] == ["done"] * 3
-    # Parts are deleted once the files are final: after the terminal status is written, so wait for it.
-    async def parts_deleted() -> bool:
-        return await stack.store.list_keys(f"batches/{batch_id}/parts/") == []
+    # Parts and the chunk ledger are deleted once the files are final: after the terminal status is
+    # written, so wait for it.
+    async def cleaned_up() -> bool:
+        return (await stack.store.list_keys(f"batches/{batch_id}/parts/") == []
+                and await stack.ledger.chunks(batch_id) == [])
 
-    await wait_for(parts_deleted, 30, what=f"the result parts of {batch_id} to be deleted")
+    await wait_for(cleaned_up, 30, what=f"the result parts and ledger of {batch_id} to be deleted")
 
 
 async def test_invalid_file_fails_with_located_errors(stack: Stack) -> None:
@@ -153,4 +154,7 @@ async def test_cancel_times_out_when_no_worker_drains_the_chunks(stack: Stack, t
     assert [(e["custom_id"], e["error"]["code"], e["error"]["line"]) for e in errors] == [
         (c, "batch_cancelled", i + 1) for i, c in enumerate(ids)
     ]
-    assert [c["status"] for c in await stack.ledger.chunks(batch_id)] == ["abandoned"] * 3
+    async def ledger_gone() -> bool:
+        return await stack.ledger.count(batch_id) == 0
+
+    await wait_for(ledger_gone, 30, what=f"the ledger of {batch_id} to go")

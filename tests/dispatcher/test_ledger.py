@@ -81,3 +81,31 @@ async def test_progress_throttle_coalesces_and_runs_a_trailing_update() -> None:
     await throttle.close()
     # Leading edge saw an early state; the last run saw the final one; far fewer runs than notifies.
     assert runs[-1] == 50 and 1 <= len(runs) <= 5
+
+
+async def test_a_settled_chunk_reports_its_time_since_publication(ledger: ChunkLedger) -> None:
+    await ledger.upsert("batch_t", PLANS)
+    settled = await ledger.settle(done(0, "a", 3).model_copy(update={"batch_id": "batch_t"}))
+    assert settled is not None and settled.seconds is not None and settled.seconds >= 0
+    assert await ledger.settle(done(0, "b", 3).model_copy(update={"batch_id": "batch_t"})) is None
+    assert len(await ledger.chunk_seconds("batch_t")) == 1
+
+
+async def test_stale_pending_chunks_are_found_and_restamped(ledger: ChunkLedger) -> None:
+    import time
+
+    await ledger.upsert("batch_s", PLANS)
+    assert await ledger.record(done(1, "a", 2).model_copy(update={"batch_id": "batch_s"}))
+    later = time.time() + 10
+    assert [c["index"] for c in await ledger.pending_published_before("batch_s", later)] == [0, 2]
+    assert await ledger.pending_published_before("batch_s", time.time() - 10) == []
+    await ledger.mark_published("batch_s", [2])
+    stamped = (await ledger.get("batch_s", 2))["published_at"]
+    assert stamped >= (await ledger.get("batch_s", 0))["published_at"]
+
+
+async def test_a_deleted_ledger_counts_no_late_result(ledger: ChunkLedger) -> None:
+    await ledger.upsert("batch_d", PLANS)
+    assert await ledger.delete_batch("batch_d") == 3
+    assert not await ledger.record(done(0, "late", 3).model_copy(update={"batch_id": "batch_d"}))
+    assert await ledger.count("batch_d") == 0 and await ledger.count_pending("batch_d") == 0

@@ -121,3 +121,20 @@ def test_cutter_drops_a_tail_of_blank_lines() -> None:
         cutter.add(raw, counted=False)
     chunks = cutter.finish()
     assert len(chunks) == 1 and chunks[0].end == raws[0].end + 2
+
+
+def test_every_hop_of_an_input_url_is_checked_before_it_is_called() -> None:
+    import pytest
+
+    from services.dispatcher.validate import InputUnavailable, URLFetch, _check_target
+    from services.http.url_guard import URLRefused
+
+    policy = URLFetch().policy  # the default: public addresses only
+    _check_target("https://example.com/in.jsonl", policy)
+    for refused in ("ftp://example.com/in.jsonl", "http://169.254.169.254/latest", "http://10.0.0.1/x",
+                    "http://[::1]:8080/x"):
+        with pytest.raises(URLRefused) as info:
+            _check_target(refused, policy)
+        assert "169.254" not in str(info.value) and "10.0.0.1" not in str(info.value)
+    with pytest.raises(InputUnavailable):
+        _check_target("http://example.com:99999/x", policy)
