@@ -4,6 +4,14 @@ Shared by `offhours run-batch` and the worker. Lines are grouped into slots of t
 engine's `batch_size`; up to enough slots to cover `max_concurrency` requests run at once,
 and finished slots are written strictly in input order. The window of slots is the
 bounded reorder buffer: memory depends on concurrency x line size, never on file size.
+
+A line's failure is that line's outcome: an engine's error answer, and any exception an engine
+raises for its requests (other than `EngineUnavailable`), becomes the line's error line
+(`engine_error`), and the run goes on. `EngineUnavailable` ends the run (run-batch stops there and
+resumes later). A caller that runs the same lines again after that (the worker retrying a chunk)
+passes the same `answered` dict to every run: slots answered by an earlier run are taken from it
+instead of being sent again, and with `give_up` the slots still unanswered become
+`engine_unavailable` error lines without reaching the engine.
 """
 
 from __future__ import annotations
@@ -23,11 +31,23 @@ import orjson
 from schemas.batch_lines import error_line, output_line
 from schemas.inference import usage_of
 from schemas.line_validation import LineIssue, ValidLine
-from services.inference.engines.base import Engine, EngineRequest, EngineResult
+from services.inference.engines.base import (
+    Engine,
+    EngineRequest,
+    EngineResult,
+    EngineUnavailable,
+    engine_error_result,
+)
+from services.inference.engines.openai_params import new_request_id
 
 log = logging.getLogger(__name__)
 
 Item = ValidLine | LineIssue
+# The engine's answers to a slot's requests, by the number of the slot's first line: what one run of
+# some lines leaves for the next run of the same lines (the same items give the same slots).
+AnsweredSlots = dict[int, list[EngineResult]]
+
+ENGINE_UNAVAILABLE = "engine_unavailable"
 
 
 class Sink(Protocol):
@@ -43,6 +63,7 @@ class PipelineStats:
     output_tokens: int = 0
     stopped: bool = False
     last_line: int = 0  # number of the last line written
+    reused: int = 0  # lines whose answer an earlier run left in `answered` (not sent again)
     failures_by_code: dict[str, int] = field(default_factory=dict)
 
     def add(self, other: PipelineStats) -> None:
@@ -51,6 +72,7 @@ class PipelineStats:
         self.failed += other.failed
         self.input_tokens += other.input_tokens
         self.output_tokens += other.output_tokens
+        self.reused += other.reused
         self.last_line = max(self.last_line, other.last_line)
         for code, n in other.failures_by_code.items():
             self.failures_by_code[code] = self.failures_by_code.get(code, 0) + n
@@ -83,6 +105,8 @@ class Pipeline:
         max_concurrency: int | None = None,
         on_progress: Callable[[PipelineStats], None] | None = None,
         should_stop: Callable[[], bool] | None = None,
+        answered: AnsweredSlots | None = None,
+        give_up: bool = False,
     ) -> None:
         self.engine = engine
         self.output = output
@@ -95,7 +119,23 @@ class Pipeline:
         self._sem = asyncio.Semaphore(self.slots_in_flight)
         self.on_progress = on_progress
         self.should_stop = should_stop
+        self.answered = answered
+        self.give_up = give_up
         self.stats = PipelineStats()
+
+    async def _infer(self, requests: list[EngineRequest]) -> list[EngineResult]:
+        """The engine's answers; an exception on some request becomes that request's `engine_error`."""
+        try:
+            return await self.engine.infer_many(requests)
+        except EngineUnavailable:
+            raise
+        except Exception as exc:
+            if len(requests) == 1:
+                log.warning("engine %s failed on request %r", self.engine.model, requests[0].custom_id,
+                            exc_info=True)
+                return [engine_error_result(new_request_id(), exc)]
+        # A batched call fails as a whole: ask one by one, so only the request at fault fails.
+        return [one for ones in await asyncio.gather(*(self._infer([r]) for r in requests)) for one in ones]
 
     async def _run_slot(self, items: Sequence[Item]) -> _SlotResult:
         engine = self.engine
@@ -105,20 +145,28 @@ class Pipeline:
             for it in items
             if type(it) is ValidLine and it.url in endpoints
         ]
-        results: list[EngineResult] = []
+        results: list[EngineResult] | None = []
+        reused = 0
         if requests:
-            async with self._sem:
-                results = await engine.infer_many(requests)
+            key = items[0].number
+            results = self.answered.get(key) if self.answered is not None else None
+            if results is not None:
+                reused = len(results)
+            elif not self.give_up:
+                async with self._sem:
+                    results = await self._infer(requests)
+                if self.answered is not None:
+                    self.answered[key] = results
         out: list[bytes] = []
         # One sink for both (FastDeploy-style): keep strict input order in one list.
         err: list[bytes] = out if self.errors is self.output else []
-        stats = PipelineStats(total=len(items), last_line=items[-1].number if items else 0)
+        stats = PipelineStats(total=len(items), last_line=items[-1].number if items else 0, reused=reused)
         failures = stats.failures_by_code
         succeeded = input_tokens = output_tokens = 0
         # This loop runs once per line of every file: locals and inline dicts, not helpers.
         dumps = orjson.dumps
         prefix = f"batch_req_{self.id_prefix}"
-        r = iter(results)
+        r = iter(results) if results is not None else None
         for it in items:
             line_id = prefix + str(it.number).zfill(8)  # == f"{prefix}{number:08d}", at half the cost
             if type(it) is LineIssue:
@@ -132,6 +180,14 @@ class Pipeline:
                     line_id, it.custom_id, code,
                     f"line {it.number}: model {engine.model!r} does not serve {it.url} "
                     f"(it serves {', '.join(sorted(endpoints))})", param="url", line=it.number)))
+                failures[code] = failures.get(code, 0) + 1
+                continue
+            if r is None:  # given up: the engine never answered this line
+                code = ENGINE_UNAVAILABLE
+                err.append(dumps(error_line(
+                    line_id, it.custom_id, code,
+                    f"line {it.number}: model {engine.model!r} was unavailable through every retry of this "
+                    "request's chunk; it was not answered", line=it.number)))
                 failures[code] = failures.get(code, 0) + 1
                 continue
             res = next(r)

@@ -10,6 +10,15 @@ the topic's partitions shared among more members):
 4. publish the result, and only then commit the offset.
 A crash anywhere before 4 means redelivery and a new attempt; the dispatcher's ledger CAS counts
 one of them.
+
+A line's failure is that line's outcome (the engine and the Pipeline make it an error line), so a
+chunk fails only when the engine as a whole or storage is unavailable. Then it is retried in place
+with backoff, keeping what earlier tries got (the lines read, the slots answered, a finished result
+not yet published), so no line is sent to the engine twice. `worker_chunk_max_attempts` tries
+that find the engine unavailable end the retrying: the lines still unanswered become
+`engine_unavailable` error lines and the chunk is reported done, so its batch goes on. A storage
+failure (S3, MongoDB, Kafka) is retried until it clears or the worker stops: without storage no
+result can be reported at all, and the chunk stays uncommitted for whoever owns it next.
 """
 
 from __future__ import annotations
@@ -20,18 +29,21 @@ import logging
 import time
 import uuid
 from collections import deque
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
-from aiokafka import ConsumerRecord
+from aiokafka import ConsumerRecord, TopicPartition
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from pydantic import ValidationError
 from pymongo.asynchronous.database import AsyncDatabase
 
 from events.bus import Consumer, Producer, consumer_options
 from events.topics import ensure_topics, sanitize_topic_component, work_results_topic, work_topic
+from schemas.line_validation import LineIssue, ValidLine
 from schemas.work import WorkChunk, WorkResult, line_id_prefix, part_keys
-from services.inference.engines.base import Engine
-from services.inference.pipeline import Pipeline
+from services.inference.engines.base import Engine, EngineUnavailable
+from services.inference.pipeline import AnsweredSlots, Pipeline
 from services.runtime.retry import Stopped, retry_until_stopped
 from services.settings import Settings
 from services.state.batches import BatchStore
@@ -43,6 +55,9 @@ from services.worker.chunk_io import read_chunk_items
 log = logging.getLogger(__name__)
 
 RUNNABLE_STATUSES = frozenset({"validating", "in_progress"})
+
+# A fetched chunk message and the task running it, held until its offset is committed.
+_InHand = tuple[ConsumerRecord[bytes, bytes], "asyncio.Task[bool]"]
 
 
 def worker_group(settings: Settings, model: str) -> str:
@@ -59,6 +74,53 @@ class WorkerMetrics:
         self.chunk_seconds = Histogram("offhours_worker_chunk_seconds", "Time to run one chunk.", registry=registry,
                                        buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900))
         self.running = Gauge("offhours_worker_chunks_running", "Chunks being run now.", registry=registry)
+        self.line_failures = Counter("offhours_worker_line_failures", "Failed request lines, by error code.",
+                                     ("code",), registry=registry)
+        self.chunk_retries = Counter("offhours_worker_chunk_retries", "Chunk tries that failed and were "
+                                     "retried, by reason (engine_unavailable, backend = S3/MongoDB/Kafka).",
+                                     ("reason",), registry=registry)
+        self.chunk_give_ups = Counter("offhours_worker_chunk_give_ups", "Chunks whose engine stayed unavailable "
+                                      "through every try: their unanswered lines became engine_unavailable.",
+                                      registry=registry)
+        self.commit_failures = Counter("offhours_worker_commit_failures", "Offset commits that failed (a "
+                                       "rebalance, the broker away); the chunks are redelivered.", registry=registry)
+        self.partitions_paused = Gauge("offhours_worker_partitions_paused", "Work-topic partitions not fetched "
+                                       "from now because their uncommitted backlog is full.", registry=registry)
+
+
+@dataclass
+class ChunkTries:
+    """What the tries at one chunk message keep for each other, so a retry never repeats work done."""
+
+    items: list[ValidLine | LineIssue] | None = None  # the chunk's lines, read once
+    answered: AnsweredSlots = field(default_factory=dict)  # engine answers, by slot
+    engine_failures: int = 0  # tries that found the engine unavailable
+    given_up: bool = False  # the engine is not asked again: unanswered lines are engine_unavailable
+    result: WorkResult | None = None  # finished (parts written) but maybe not yet published
+
+
+def backlog_limit(chunks_in_flight: int) -> int:
+    """Chunk messages of one partition held uncommitted before the worker stops fetching from it.
+
+    Finished chunks queue behind an unfinished one until it is done (offsets commit in order); they
+    cost a record each, so the limit is generous enough that the partitions of a slow chunk rarely
+    pause, yet bounds what a redelivery after a crash would hand out again.
+    """
+    return max(8, 4 * chunks_in_flight)
+
+
+def pacing(
+    backlogs: Mapping[TopicPartition, int], assigned: Iterable[TopicPartition], paused: Iterable[TopicPartition],
+    limit: int,
+) -> tuple[set[TopicPartition], set[TopicPartition]]:
+    """(partitions to pause, partitions to resume): paused exactly while their backlog is at `limit`.
+
+    Only assigned partitions are paused (the consumer knows no others); a partition whose backlog
+    is gone (revoked, or drained) is resumed.
+    """
+    full = {tp for tp in assigned if backlogs.get(tp, 0) >= limit}
+    paused = set(paused)
+    return full - paused, {tp for tp in paused if backlogs.get(tp, 0) < limit}
 
 
 class Worker:
@@ -93,8 +155,13 @@ class Worker:
 
     # ------------------------------------------------------------------ one chunk
 
-    async def process(self, chunk: WorkChunk) -> WorkResult | None:
-        """Run one chunk; None when there is nothing to report (the chunk was already counted)."""
+    async def process(self, chunk: WorkChunk, tries: ChunkTries | None = None) -> WorkResult | None:
+        """Run one chunk; None when there is nothing to report (the chunk was already counted).
+
+        Raises `EngineUnavailable` while the engine is unavailable and tries are left, and any storage
+        error; `tries` (the same object on every try at this message) keeps what a retry must not redo.
+        """
+        tries = tries if tries is not None else ChunkTries()
         entry = await self.ledger.get(chunk.batch_id, chunk.chunk)
         if entry is None or entry.get("status") != PENDING:
             self.metrics.chunks.labels("stale").inc()
@@ -103,31 +170,52 @@ class Worker:
         if status is None:
             self.metrics.chunks.labels("stale").inc()
             return None
-        attempt = uuid.uuid4().hex[:12]
         if status not in RUNNABLE_STATUSES:
             self.metrics.chunks.labels("skipped").inc()
-            return WorkResult(batch_id=chunk.batch_id, chunk=chunk.chunk, attempt=attempt, outcome="skipped",
-                              worker=self.worker_id)
+            return WorkResult(batch_id=chunk.batch_id, chunk=chunk.chunk, attempt=uuid.uuid4().hex[:12],
+                              outcome="skipped", worker=self.worker_id)
         started = time.perf_counter()
-        out_key, err_key = part_keys(chunk.batch_id, chunk.chunk, attempt)
         self.metrics.running.inc()
         try:
-            items = await read_chunk_items(self.store, chunk, self.settings.max_line_bytes)
-            async with PartWriter(self.store, out_key) as out, PartWriter(self.store, err_key) as err:
-                pipeline = Pipeline(self.engine, output=out, errors=err, id_prefix=line_id_prefix(chunk.batch_id),
-                                    max_concurrency=self.concurrency)
-                stats = await pipeline.run(items)
-                del items
+            if tries.items is None:
+                tries.items = await read_chunk_items(self.store, chunk, self.settings.max_line_bytes)
+            while True:
+                try:
+                    result = await self._run_lines(chunk, tries)
+                    break
+                except EngineUnavailable as exc:
+                    tries.engine_failures += 1
+                    if tries.engine_failures < self.settings.worker_chunk_max_attempts:
+                        raise
+                    # No backoff before giving up: the last try already waited its turn.
+                    tries.given_up = True
+                    self.metrics.chunk_give_ups.inc()
+                    log.warning("chunk %s:%d: engine unavailable on %d tries (%s); its unanswered lines become "
+                                "engine_unavailable errors", chunk.batch_id, chunk.chunk, tries.engine_failures, exc)
         finally:
             self.metrics.running.dec()
+        m = self.metrics
+        m.chunks.labels("done").inc()
+        m.chunk_seconds.observe(time.perf_counter() - started)
+        return result
+
+    async def _run_lines(self, chunk: WorkChunk, tries: ChunkTries) -> WorkResult:
+        """One try: the chunk's lines through the Pipeline into a new attempt's parts."""
+        assert tries.items is not None
+        attempt = uuid.uuid4().hex[:12]
+        out_key, err_key = part_keys(chunk.batch_id, chunk.chunk, attempt)
+        async with PartWriter(self.store, out_key) as out, PartWriter(self.store, err_key) as err:
+            pipeline = Pipeline(self.engine, output=out, errors=err, id_prefix=line_id_prefix(chunk.batch_id),
+                                max_concurrency=self.concurrency, answered=tries.answered, give_up=tries.given_up)
+            stats = await pipeline.run(tries.items)
         if stats.total != chunk.line_count:
             log.error("chunk %s:%d ran %d lines, the dispatcher planned %d", chunk.batch_id, chunk.chunk,
                       stats.total, chunk.line_count)
         m = self.metrics
-        m.chunks.labels("done").inc()
-        m.chunk_seconds.observe(time.perf_counter() - started)
         m.lines.labels("succeeded").inc(stats.succeeded)
         m.lines.labels("failed").inc(stats.failed)
+        for code, n in stats.failures_by_code.items():
+            m.line_failures.labels(code).inc(n)
         m.tokens.labels("input").inc(stats.input_tokens)
         m.tokens.labels("output").inc(stats.output_tokens)
         return WorkResult(
@@ -136,7 +224,7 @@ class Worker:
             input_tokens=stats.input_tokens, output_tokens=stats.output_tokens, worker=self.worker_id,
         )
 
-    async def handle(self, record: ConsumerRecord[bytes, bytes]) -> None:
+    async def handle(self, record: ConsumerRecord[bytes, bytes], tries: ChunkTries | None = None) -> None:
         """Process one record and publish its result (raises on failure: the caller retries, uncommitted)."""
         try:
             chunk = WorkChunk.model_validate_json(record.value or b"")
@@ -150,12 +238,19 @@ class Worker:
             return
         name = f"{chunk.batch_id}:{chunk.chunk}"
         self.in_hand.add(name)
+        tries = tries if tries is not None else ChunkTries()
         try:
-            result = await self.process(chunk)
-            if result is not None:
-                await self.producer.send_json(self.results_topic, result.batch_id, result.model_dump())
+            result = tries.result
+            if result is None:
+                result = await self.process(chunk, tries)
+                if result is None:
+                    return
                 if result.outcome == "done":
-                    self.chunks_done += 1
+                    # Its parts are written: a failed publish re-sends this result, never re-runs the lines.
+                    tries.result, tries.items, tries.answered = result, None, {}
+            await self.producer.send_json(self.results_topic, result.batch_id, result.model_dump())
+            if result.outcome == "done":
+                self.chunks_done += 1
         finally:
             self.in_hand.discard(name)
 
@@ -164,12 +259,14 @@ class Worker:
     async def run(self, stop: asyncio.Event) -> None:
         """Consume until `stop`, running up to `worker_chunks_in_flight` chunks at once.
 
-        Chunks run concurrently but are committed in the order they were fetched (which keeps each
-        partition's order): an offset is committed only once every chunk fetched before it is done.
-        The window is what keeps an engine full across chunk boundaries — while one chunk's last
-        requests drain, the next chunk's are already running — and overlaps each chunk's S3, MongoDB
-        and Kafka round trips with another's inference. On `stop`, nothing new is fetched and the
-        chunks in hand get `worker_shutdown_grace_seconds` to finish; the rest stay uncommitted.
+        Chunks run concurrently but each partition's offsets are committed in order: an offset only
+        once every chunk fetched before it from that partition is done. A slow chunk therefore holds
+        back the commits of its own partition only; when that partition's uncommitted backlog is
+        full (`backlog_limit`) it is paused while the others are still fetched, and resumed once it
+        drains. The window is what keeps an engine full across chunk boundaries — while one chunk's
+        last requests drain, the next chunk's are already running — and overlaps each chunk's S3,
+        MongoDB and Kafka round trips with another's inference. On `stop`, nothing new is fetched
+        and the chunks in hand get `worker_shutdown_grace_seconds` to finish; the rest stay uncommitted.
         """
         s = self.settings
         consumer = Consumer(s, [work_topic(s, self.model)], group_id=worker_group(s, self.model),
@@ -177,18 +274,20 @@ class Worker:
         await consumer.start()
         self._consumer = consumer
         window = max(1, s.worker_chunks_in_flight)
-        fetched: deque[tuple[ConsumerRecord[bytes, bytes], asyncio.Task[bool]]] = deque()
+        limit = backlog_limit(window)
+        fetched: dict[TopicPartition, deque[_InHand]] = {}
         running: set[asyncio.Task[bool]] = set()
         stopping = asyncio.create_task(stop.wait())
         try:
             while not stop.is_set():
-                if len(running) >= window or len(fetched) >= 4 * window:
-                    await asyncio.wait({*running, stopping} if running else {fetched[0][1], stopping},
-                                       return_when=asyncio.FIRST_COMPLETED)
+                self._pace(consumer, fetched, limit)
+                if len(running) >= window:
+                    await asyncio.wait({*running, stopping}, return_when=asyncio.FIRST_COMPLETED)
                 else:
                     for record in await consumer.getmany(timeout_ms=200, max_records=window - len(running)):
                         task = asyncio.create_task(self._run_until_done(record, stop))
-                        fetched.append((record, task))
+                        tp = TopicPartition(record.topic, record.partition)
+                        fetched.setdefault(tp, deque()).append((record, task))
                         running.add(task)
                 running = {t for t in running if not t.done()}
                 await self._commit_done(consumer, fetched)
@@ -204,44 +303,65 @@ class Worker:
             await self._commit_done(consumer, fetched)
         finally:
             stopping.cancel()
-            for _, task in fetched:
+            tasks = [task for queue in fetched.values() for _, task in queue]
+            for task in tasks:
                 task.cancel()
-            await asyncio.gather(*(t for _, t in fetched), return_exceptions=True)
+            await asyncio.gather(*tasks, return_exceptions=True)
             self._consumer = None
+            self.metrics.partitions_paused.set(0)
             await consumer.stop()
+
+    def _pace(self, consumer: Consumer, fetched: dict[TopicPartition, deque[_InHand]], limit: int) -> None:
+        """Pause the partitions whose uncommitted backlog is full, resume those that drained."""
+        pause, resume = pacing({tp: len(q) for tp, q in fetched.items()}, consumer.assignment(),
+                               consumer.paused(), limit)
+        if pause:
+            log.info("pausing partition(s) %s: %d chunk(s) wait behind an unfinished one",
+                     sorted(tp.partition for tp in pause), limit)
+            consumer.pause(pause)
+        if resume:
+            consumer.resume(resume)
+        if pause or resume:
+            self.metrics.partitions_paused.set(len(consumer.paused()))
 
     async def _run_until_done(self, record: ConsumerRecord[bytes, bytes], stop: asyncio.Event) -> bool:
         """Handle the record, retrying in place with backoff (S3/Kafka/MongoDB down, engine unavailable).
 
         True once handled; False when `stop` came first (the record stays uncommitted and is
-        redelivered to whoever owns the partition next).
+        redelivered to whoever owns the partition next). The engine-unavailable tries are bounded
+        inside `process`; what one try achieved is kept for the next (`ChunkTries`).
         """
+        tries = ChunkTries()
+
+        def failed(exc: BaseException) -> None:
+            self.metrics.chunks.labels("retried").inc()
+            self.metrics.chunk_retries.labels(
+                "engine_unavailable" if isinstance(exc, EngineUnavailable) else "backend").inc()
+
         try:
             await retry_until_stopped(
-                functools.partial(self.handle, record), stop=stop,
+                functools.partial(self.handle, record, tries), stop=stop,
                 what=f"chunk at {record.topic}[{record.partition}] offset {record.offset}",
-                on_failure=lambda _: self.metrics.chunks.labels("retried").inc(),
+                on_failure=failed,
             )
         except Stopped:
             return False
         return True
 
-    async def _commit_done(
-        self, consumer: Consumer, fetched: deque[tuple[ConsumerRecord[bytes, bytes], asyncio.Task[bool]]]
-    ) -> None:
-        """Commit the finished prefix of the fetch order (per partition, that is every offset below)."""
+    async def _commit_done(self, consumer: Consumer, fetched: dict[TopicPartition, deque[_InHand]]) -> None:
+        """Commit, per partition, the finished prefix of its fetch order."""
         done: list[ConsumerRecord[bytes, bytes]] = []
-        while fetched and fetched[0][1].done():
-            record, task = fetched.popleft()
-            if task.cancelled() or task.exception() is not None or not task.result():
-                fetched.appendleft((record, task))  # abandoned: nothing from here on may be committed
-                break
-            done.append(record)
-        if not done:
-            return
-        try:
-            await consumer.commit(done)
-        except Exception:
-            # Typically a rebalance took the partition: its new owner re-runs those chunks and the
-            # ledger counts one attempt of each. Nothing is lost by not committing.
-            log.warning("committing %d chunk(s) failed", len(done), exc_info=True)
+        for tp in list(fetched):
+            queue = fetched[tp]
+            while queue and queue[0][1].done():
+                task = queue[0][1]
+                if task.cancelled() or task.exception() is not None or not task.result():
+                    break  # abandoned: nothing from here on in this partition may be committed
+                done.append(queue.popleft()[0])
+            if not queue:
+                del fetched[tp]
+        # A failed commit (typically a rebalance took the partition) loses nothing: its new owner
+        # re-runs those chunks and the ledger counts one attempt of each.
+        if done and not await consumer.try_commit(done):
+            self.metrics.commit_failures.inc()
+

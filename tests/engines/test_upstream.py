@@ -192,16 +192,33 @@ async def test_a_persistent_500_becomes_the_lines_error_after_few_retries(upstre
 
 
 @pytest.mark.parametrize("status", [503, 429, 502])
-async def test_an_overloaded_upstream_raises_engine_unavailable(upstream: tuple[str, Script], status: int) -> None:
+async def test_a_busy_answer_that_outlasts_the_retries_becomes_the_lines_error(
+    upstream: tuple[str, Script], status: int
+) -> None:
     url, script = upstream
-    script.default = reply(status, {"error": {"message": "busy"}})
+    busy = {"error": {"message": "busy", "type": "server_error", "code": "overloaded"}}
+    script.default = reply(status, busy, headers={"x-request-id": "up-busy"})
     try:
-        async with engine_for(url, max_retries=3) as e:
-            with pytest.raises(EngineUnavailable, match=f"HTTP {status}"):
-                await e.infer(chat())
+        async with engine_for(url, max_retries=3, server_error_retries=0) as e:
+            result = await e.infer(chat())
+            assert e.retries == 3  # a busy status gets the full max_retries, not server_error_retries
     finally:
         script.default = None
+    assert (result.status_code, result.body, result.request_id) == (status, busy, "up-busy")
     assert len(script.received) == 4
+
+
+async def test_a_request_that_always_times_out_becomes_a_504_for_its_line(upstream: tuple[str, Script]) -> None:
+    url, script = upstream
+    script.default = reply(200, delay=1.0)
+    try:
+        async with engine_for(url, timeout_s=0.2, server_error_retries=1) as e:
+            result = await e.infer(chat())
+    finally:
+        script.default = None
+    assert result.status_code == 504
+    assert result.body["error"]["code"] == "upstream_timeout"
+    assert len(script.received) == 2  # a hanging request is suspect: server_error_retries, not max_retries
 
 
 async def test_an_unreachable_upstream_raises_engine_unavailable() -> None:

@@ -3,12 +3,18 @@
 The CLI (`offhours run-batch`) and the worker both drive engines only through this class, so
 an engine written once (in process, a managed server, a remote API) serves both.
 
-Contract:
-- `infer` never raises for a bad request: it answers a 4xx `EngineResult` with an
-  OpenAI-shaped error body, which becomes that line's entry in the error file.
-- It raises `EngineUnavailable` when the engine itself cannot answer now (server down
-  after retries). Callers treat that as "not done" — the worker leaves the chunk to be
-  redelivered — rather than as the request's fault.
+Contract — a line failure and an unavailable engine are different things:
+- A request that fails is that request's outcome. `infer` answers a bad request with a 4xx
+  `EngineResult` (OpenAI-shaped error body), and a request the engine could not serve after
+  its own retries (an upstream 5xx/429/408, a timeout) with that status and body; either
+  becomes that line's entry in the error file. Any other exception raised for one request
+  is turned into that line's `engine_error` by the pipeline (`engine_error_result`), so one
+  request can never hold its chunk.
+- `EngineUnavailable` alone means the engine as a whole cannot answer now (its server
+  refuses connections, went away, is not started). It is never the request's fault: the
+  worker retries the chunk a bounded number of times without re-running the lines already
+  answered, then gives the unanswered lines `engine_unavailable`; run-batch stops and says
+  to resume.
 - `batch_size` and `max_concurrency` tell the pipeline how to keep the engine full:
   `infer_many` receives up to `batch_size` requests at once (embeddings batch them into
   one forward pass; the test engine answers them in one loop), and about
@@ -24,6 +30,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from schemas.errors import error_body
+from schemas.text import cut
 
 
 @dataclass(slots=True)
@@ -41,7 +48,24 @@ class EngineResult:
 
 
 class EngineUnavailable(RuntimeError):
-    """The engine cannot serve now; the request is not at fault and must be retried later."""
+    """The engine as a whole cannot serve now; the request is not at fault and must be retried later.
+
+    Raise it only for the whole engine (connection refused, server gone, not started): anything
+    about one request is that request's `EngineResult`.
+    """
+
+
+ENGINE_ERROR = "engine_error"
+
+
+def engine_error_result(request_id: str, exc: BaseException) -> EngineResult:
+    """The line's 500 when the engine raised on this one request (a bug, a rejected input, ...).
+
+    Only the exception's type and a cut of its text: it is engine-internal and lands in a user's file.
+    """
+    text = cut(str(exc))
+    message = f"the engine failed on this request ({type(exc).__name__}{': ' + text if text else ''})"
+    return EngineResult(500, error_body(message, type="server_error", code=ENGINE_ERROR), request_id)
 
 
 def bad_request(

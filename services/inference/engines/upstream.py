@@ -4,17 +4,18 @@ Any server that speaks the OpenAI API works: FastDeploy's api_server, vLLM, SGLa
 `llama_cpp.server`, or a cloud API (`api_key`). The engine either points at a running server
 (`base_url`) or manages one itself (`[models.NAME.server]`, see managed_server.py).
 
-Failure handling, per request:
-- 429, 408, 5xx and connection errors/timeouts are retried with exponential backoff and full
-  jitter, honouring `Retry-After`; a managed server that is restarting is waited for.
-- Once the retries are spent, an overloaded or unreachable server (429, 408, 502, 503, 504,
-  connection errors, timeouts) raises `EngineUnavailable`: the request is not at fault, and the
-  worker leaves its chunk to be redelivered. A server that keeps answering another 5xx (500,
-  501, ...) was reached and refused this request: after `server_error_retries` that answer
-  becomes the line's error, status and body kept — otherwise one request that always crashes
-  the server's handler would block its batch forever.
-- Any other 4xx is the request's fault: it becomes the line's error with the upstream's
-  status and body unchanged.
+Failure handling, per request (tenacity, exponential backoff with full jitter, honouring
+`Retry-After`; a managed server that is restarting is waited for):
+- 429, 408, 502, 503, 504 are retried up to `max_retries` times; 500, 501 and other 5xx, a
+  timeout and a broken answer only `server_error_retries` times, because they are more often
+  this request crashing or hanging the server than an outage (llama_cpp.server answers 500
+  even for a malformed field). When the retries are spent, the last answer becomes the
+  line's error, status and body kept (a timeout a 504 `upstream_timeout`): a request the
+  server keeps refusing must never hold its chunk, or its batch, hostage.
+- Any other 4xx is the request's fault: it becomes the line's error at once, unchanged.
+- A server that cannot be reached at all (connection refused or reset, gone mid-request,
+  connect timeout) is retried `max_retries` times and then raises `EngineUnavailable`: that
+  is the engine's state, not the request's, and the worker retries the chunk instead.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from typing import Any, Self
 import aiohttp
 import orjson
 from pydantic import Field, model_validator
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type
 
 from schemas.errors import error_body
 from schemas.inference import CHAT_COMPLETIONS, COMPLETIONS, EMBEDDINGS
@@ -42,7 +44,8 @@ log = logging.getLogger(__name__)
 
 # Statuses that mean "try again later" rather than "this request is wrong".
 RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
-UNAVAILABLE_STATUSES = frozenset({408, 429, 502, 503, 504})
+# Of those, the ones that say "busy" rather than "this request broke me": the full `max_retries`.
+BUSY_STATUSES = frozenset({408, 429, 502, 503, 504})
 
 
 class UpstreamOptions(EngineOptions):
@@ -101,13 +104,48 @@ def backoff_delay(attempt: int, base: float, cap: float, rng: random.Random | No
 
 
 class _Retry(Exception):
-    def __init__(self, reason: str, *, status: int | None = None, body: dict[str, Any] | None = None,
-                 retry_after: float | None = None, request_id: str | None = None) -> None:
+    """One failed try. `kind`: "status" (an HTTP answer), "timeout", "broken" (a cut or garbled answer)
+    or "unreachable" (no answer: the server is not there)."""
+
+    def __init__(self, reason: str, *, kind: str = "status", status: int | None = None,
+                 body: dict[str, Any] | None = None, retry_after: float | None = None,
+                 request_id: str | None = None) -> None:
         super().__init__(reason)
+        self.kind = kind
         self.status = status
         self.body = body
         self.retry_after = retry_after
         self.request_id = request_id
+
+    @property
+    def suspect(self) -> bool:
+        """This request itself may be what fails (so fewer retries): not a busy or absent server."""
+        return self.kind in ("timeout", "broken") or (self.status is not None and self.status not in BUSY_STATUSES)
+
+    def final(self, url: str, attempts: int) -> EngineResult:
+        """What the line gets once the retries are spent; raises when the engine is not there at all."""
+        if self.kind == "unreachable":
+            raise EngineUnavailable(f"upstream {url} still failing after {attempts} attempts: {self}")
+        request_id = self.request_id or new_request_id()
+        if self.kind == "timeout":
+            return EngineResult(504, error_body(f"upstream did not answer in time after {attempts} attempts",
+                                                type="upstream_error", code="upstream_timeout"), request_id)
+        if self.status is None:
+            return EngineResult(502, error_body(f"upstream answer was broken after {attempts} attempts: {self}",
+                                                type="upstream_error", code="upstream_invalid_response"),
+                                request_id)
+        return EngineResult(self.status, self.body or _error_from_text(self.status, b""), request_id)
+
+
+def _classify(exc: BaseException) -> str:
+    # ConnectionTimeoutError is a TimeoutError too, but it means "no server", not "this request hangs".
+    if isinstance(exc, aiohttp.ConnectionTimeoutError):
+        return "unreachable"
+    if isinstance(exc, TimeoutError):
+        return "timeout"
+    if isinstance(exc, aiohttp.ClientConnectionError):
+        return "unreachable"
+    return "broken"
 
 
 def _error_from_text(status: int, raw: bytes) -> dict[str, Any]:
@@ -176,31 +214,43 @@ class UpstreamEngine(Engine):
         payload = orjson.dumps(body)
         url = join_url(self._base_url, request.endpoint)
         o = self.options
-        attempt = 0
-        server_errors = 0
-        while True:
-            try:
-                async with self._sem:
-                    return await self._send(url, payload)
-            except _Retry as retry:
-                refused = retry.status is not None and retry.status not in UNAVAILABLE_STATUSES
-                if refused:
-                    server_errors += 1
-                if refused and (server_errors > o.server_error_retries or attempt >= o.max_retries):
-                    return EngineResult(retry.status, retry.body or _error_from_text(retry.status, b""),
-                                        retry.request_id or new_request_id())
-                if attempt >= o.max_retries:
-                    raise EngineUnavailable(
-                        f"upstream {url} still failing after {attempt + 1} attempts: {retry}") from None
-                delay = backoff_delay(attempt, o.backoff_base_s, o.backoff_max_s)
-                if retry.retry_after is not None:
-                    delay = min(retry.retry_after, o.retry_after_max_s)
-                log.info("upstream %s: %s; retry %d/%d in %.2fs (%s)", url, retry, attempt + 1, o.max_retries,
-                         delay, request.custom_id)
-                attempt += 1
-                self.retries += 1
-                await asyncio.sleep(delay)
-                await self._wait_for_server()
+        suspect_failures = 0
+
+        def stop(state: RetryCallState) -> bool:
+            nonlocal suspect_failures
+            exc = state.outcome.exception() if state.outcome else None
+            if isinstance(exc, _Retry) and exc.suspect:
+                suspect_failures += 1
+                if suspect_failures > o.server_error_retries:
+                    return True
+            return state.attempt_number > o.max_retries
+
+        def wait(state: RetryCallState) -> float:
+            exc = state.outcome.exception() if state.outcome else None
+            if isinstance(exc, _Retry) and exc.retry_after is not None:
+                return min(exc.retry_after, o.retry_after_max_s)
+            return backoff_delay(state.attempt_number - 1, o.backoff_base_s, o.backoff_max_s)
+
+        def before_sleep(state: RetryCallState) -> None:
+            self.retries += 1
+            log.info("upstream %s: %s; retry %d/%d in %.2fs (%s)", url,
+                     state.outcome.exception() if state.outcome else "?", state.attempt_number, o.max_retries,
+                     state.upcoming_sleep, request.custom_id)
+
+        retrying = AsyncRetrying(stop=stop, wait=wait, retry=retry_if_exception_type(_Retry),
+                                 before_sleep=before_sleep, reraise=True)
+        attempts = 0
+        try:
+            async for attempt in retrying:
+                with attempt:
+                    attempts = attempt.retry_state.attempt_number
+                    if attempts > 1:
+                        await self._wait_for_server()
+                    async with self._sem:
+                        return await self._send(url, payload)
+        except _Retry as last:
+            return last.final(url, attempts)
+        raise AssertionError("unreachable: tenacity either returns, raises or retries")
 
     async def _wait_for_server(self) -> None:
         if self.server is None:
@@ -220,7 +270,7 @@ class UpstreamEngine(Engine):
                 request_id = resp.headers.get("x-request-id") or new_request_id()
                 retry_after = retry_after_seconds(resp.headers.get("Retry-After"))
         except (aiohttp.ClientError, TimeoutError) as exc:
-            raise _Retry(f"{type(exc).__name__}: {exc}") from None
+            raise _Retry(f"{type(exc).__name__}: {exc}", kind=_classify(exc)) from None
         try:
             body = orjson.loads(raw) if raw else None
         except orjson.JSONDecodeError:
