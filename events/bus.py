@@ -61,8 +61,12 @@ class Producer:
             "enable_idempotence": False,
             # Small linger: batches concurrent sends (e.g. many chunks) without adding latency.
             "linger_ms": 5,
+            # The one size limit every sender fits its messages to (schemas/events.py fits events to
+            # it): a message over it fails here at once, never after a round trip to the broker.
+            "max_request_size": settings.kafka_max_message_bytes,
         }
         options.update(overrides)
+        self.max_message_bytes = int(options["max_request_size"])
         self._producer = AIOKafkaProducer(**options)
         self._started = False
 

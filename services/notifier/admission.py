@@ -25,7 +25,7 @@ from services.notifier.attempts import Attempts, Claims, Outcome
 from services.notifier.deliveries import DeliveryStore, finish_update, with_outcome
 from services.notifier.intake import Intake
 from services.notifier.metrics import NotifierMetrics
-from services.notifier.pool import DeliveryPool
+from services.notifier.pool import DeliveryPool, receiving_host
 from services.notifier.results import ResultWriter
 from services.notifier.schedule import Alarm
 from services.runtime.retry import Stopped, retry_until_stopped
@@ -102,7 +102,9 @@ class Admission:
                 doc["lease_until"] = now + self.claims.lease_s
                 first = _FirstAttempt(doc, doc["claim"], endpoint_of.get(doc["_id"]))
                 firsts.append(first)
-                self.pool.submit(target, functools.partial(self._first_attempt, first), force=True)
+                url = first.endpoint["url"] if first.endpoint is not None else doc.get("callback_url")
+                self.pool.submit(target, functools.partial(self._first_attempt, first), force=True,
+                                 host=receiving_host(url) if url else None)
         if firsts:
             await asyncio.wait([f.outcome for f in firsts], timeout=FIRST_ATTEMPT_WAIT_S)
         finished_first: dict[str, Doc] = {}

@@ -25,6 +25,7 @@ from pymongo import UpdateOne
 from services.notifier.deliveries import DeliveryStore, finish_update, next_attempt_after_failure
 from services.notifier.endpoints import EndpointStore, active_secrets, callback_owner
 from services.notifier.metrics import NotifierMetrics
+from services.notifier.pool import receiving_host
 from services.notifier.secrets import SecretBox, SecretKeyError
 from services.notifier.sender import Sender, SendResult
 from services.notifier.signing import webhook_headers
@@ -92,6 +93,14 @@ class Attempts:
         else:
             self.on_retry(next_at)
         return Outcome(result.attempt(number, started, next_at), next_at, finished)
+
+    async def host_of(self, doc: Mapping[str, Any]) -> str | None:
+        """The receiving host of a delivery now (its endpoint's URL may have changed since the event), which
+        bounds its concurrency with every other delivery to that host; None when it has no URL any more."""
+        if doc.get("endpoint_id") is None:
+            return receiving_host(doc["callback_url"])
+        endpoint = await self.endpoints.get_any(doc["endpoint_id"])
+        return receiving_host(endpoint["url"]) if endpoint is not None else None
 
     async def claimed(self, doc: Mapping[str, Any], claim: str) -> UpdateOne | None:
         """An attempt of a delivery claimed in MongoDB (a retry, the overflow, a lapsed claim), and the

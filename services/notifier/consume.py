@@ -4,6 +4,10 @@ A poll's offsets are committed only after its deliveries are in MongoDB (admissi
 killed before that leaves the events to be redelivered, and the insert ignores what exists. The
 next poll is taken as soon as the current one's first attempts are over, so its insert overlaps
 the next poll's attempts; at most one insert is outstanding, and commits keep poll order.
+
+A commit that fails (a rebalance took the partition, the broker was away) is logged and counted and
+the loop goes on: the records stay uncommitted, whoever owns their partition next admits them again,
+and the insert ignores the deliveries that exist.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from aiokafka import ConsumerRecord
 
 from events.bus import Consumer, consumer_options
 from events.topics import batch_events_topic
+from services.notifier.metrics import NotifierMetrics
 from services.notifier.results import ResultWriter
 from services.runtime.retry import Stopped, retry_until_stopped
 from services.settings import Settings
@@ -45,7 +50,9 @@ def notifier_consumer(settings: Settings) -> Consumer:
                     client_id="offhours-notifier", **options)
 
 
-async def consume(consumer: Consumer, admit: Admit, results: ResultWriter, stop: asyncio.Event) -> None:
+async def consume(
+    consumer: Consumer, admit: Admit, results: ResultWriter, stop: asyncio.Event, metrics: NotifierMetrics
+) -> None:
     """Poll, admit each poll, commit polls in order, until `stop` is set (the insert in hand is finished)."""
     Handling = tuple[asyncio.Task[bool], list[ConsumerRecord[bytes, bytes]]]
     writing: Handling | None = None
@@ -63,7 +70,8 @@ async def consume(consumer: Consumer, admit: Admit, results: ResultWriter, stop:
         task, done_records = handling
         if not await task:
             return False  # not committed: the next notifier handles these records again, harmlessly
-        await consumer.commit(done_records)
+        if not await consumer.try_commit(done_records):
+            metrics.commit_failures.inc()
         return True
 
     try:

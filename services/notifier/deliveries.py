@@ -13,6 +13,8 @@ another instance) carries on. `webhook_deliveries` documents:
                    scheduler's index nothing)
     deadline (retry horizon), lease_until, claim (who is sending it now), attempt_count,
     attempts (the last ATTEMPTS_KEPT), last_error, created_at, delivered_at, dead_at
+    ended_at       a BSON date, present only once delivered or dead: a TTL index on it removes the
+                   delivery `webhook_delivery_ttl_seconds` later (a redeliver unsets it)
 
 Claiming is a compare-and-set (`status: pending, next_attempt_at <= now, lease_until <= now` ->
 `claim = token, lease_until = now + lease`): two notifiers never send the same attempt at once, and
@@ -25,18 +27,25 @@ the common case. Times are epoch seconds (floats), like the batches.
 from __future__ import annotations
 
 import hashlib
+import logging
 import random
 import time
 from collections.abc import Iterable, Mapping, Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 from pymongo import ASCENDING, DESCENDING, IndexModel, ReturnDocument, UpdateOne
 from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.errors import BulkWriteError
+from pymongo.errors import BulkWriteError, OperationFailure
+
+log = logging.getLogger(__name__)
 
 DELIVERIES_COLLECTION = "webhook_deliveries"
 ATTEMPTS_KEPT = 25
 CALLBACK_TARGET = "callback"
+ENDED_TTL_INDEX = "ended_at_ttl"
+# What MongoDB answers when an index exists under the same name or keys with other options.
+_INDEX_OPTIONS_CONFLICT = frozenset({85, 86})
 
 Doc = dict[str, Any]
 
@@ -113,17 +122,22 @@ def new_delivery(
     return doc
 
 
+def ended_at(now: float) -> datetime:
+    """The TTL index's field: MongoDB expires documents by a BSON date only, not by epoch seconds."""
+    return datetime.fromtimestamp(now, tz=UTC)
+
+
 def outcome_fields(attempt: Mapping[str, Any], next_at: float | None, now: float) -> tuple[Doc, list[str]]:
     """The fields one attempt sets, and those it removes: succeeded -> delivered; failed with `next_at` ->
     pending again; failed without -> dead."""
     fields: Doc = {"lease_until": 0.0, "claim": None, "last_error": attempt.get("error")}
     if attempt["outcome"] == "succeeded":
-        fields.update(status="delivered", delivered_at=now, last_error=None)
+        fields.update(status="delivered", delivered_at=now, last_error=None, ended_at=ended_at(now))
         return fields, ["next_attempt_at"]
     if next_at is not None:
         fields.update(status="pending", next_attempt_at=next_at)
         return fields, []
-    fields.update(status="dead", dead_at=now)
+    fields.update(status="dead", dead_at=now, ended_at=ended_at(now))
     return fields, ["next_attempt_at"]
 
 
@@ -177,8 +191,12 @@ def delivery_to_api(doc: Mapping[str, Any]) -> dict[str, Any]:
 
 
 class DeliveryStore:
-    def __init__(self, db: AsyncDatabase[Any]) -> None:
+    def __init__(self, db: AsyncDatabase[Any], *, ended_ttl_s: float | None = None) -> None:
+        """ended_ttl_s: how long a delivered or dead delivery is kept (`webhook_delivery_ttl_seconds`);
+        None leaves the TTL index as it is (a process that does not own the schema)."""
+        self._db = db
         self._collection = db[DELIVERIES_COLLECTION]
+        self.ended_ttl_s = ended_ttl_s
 
     async def ensure_indexes(self) -> None:
         # Few indexes on purpose: every delivery is written at least once, and each index costs each write.
@@ -191,6 +209,23 @@ class DeliveryStore:
                 IndexModel([("batch_id", ASCENDING), ("created_at", DESCENDING), ("_id", DESCENDING)]),
             ]
         )
+        if self.ended_ttl_s is not None:
+            await self._ensure_ttl(max(1, int(self.ended_ttl_s)))
+
+    async def _ensure_ttl(self, ttl_s: int) -> None:
+        """Deliveries end (delivered, dead) and are removed by the server `ttl_s` later: the history stays
+        readable for that long and the collection does not grow forever. Sparse: pending ones have no
+        `ended_at` and cost the index nothing."""
+        index = IndexModel([("ended_at", ASCENDING)], name=ENDED_TTL_INDEX, expireAfterSeconds=ttl_s, sparse=True)
+        try:
+            await self._collection.create_indexes([index])
+        except OperationFailure as exc:
+            if exc.code not in _INDEX_OPTIONS_CONFLICT:
+                raise
+            # The setting changed since the index was made: change its expiry in place.
+            await self._db.command("collMod", DELIVERIES_COLLECTION,
+                                   index={"name": ENDED_TTL_INDEX, "expireAfterSeconds": ttl_s})
+            log.info("delivery TTL changed to %d s", ttl_s)
 
     async def create_many(self, docs: Sequence[Mapping[str, Any]]) -> set[str]:
         """Insert the deliveries that do not exist yet (one round trip); returns the ids inserted now.
@@ -263,7 +298,8 @@ class DeliveryStore:
         now = time.time()
         result = await self._collection.update_many(
             {"project": project, "endpoint_id": endpoint_id, "status": "pending", "lease_until": {"$lte": now}},
-            {"$set": {"status": "dead", "dead_at": now, "last_error": reason}, "$unset": {"next_attempt_at": ""}},
+            {"$set": {"status": "dead", "dead_at": now, "ended_at": ended_at(now), "last_error": reason},
+             "$unset": {"next_attempt_at": ""}},
         )
         return result.modified_count
 
@@ -312,7 +348,9 @@ class DeliveryStore:
             query["endpoint_id"] = endpoint_id
         doc = await self._collection.find_one_and_update(
             query,
-            {"$set": {"status": "pending", "next_attempt_at": now, "deadline": now + horizon_s, "dead_at": None}},
+            # Pending again: no `ended_at`, or the TTL index would remove it mid-retry.
+            {"$set": {"status": "pending", "next_attempt_at": now, "deadline": now + horizon_s, "dead_at": None},
+             "$unset": {"ended_at": ""}},
             projection={"body": 0},
             return_document=ReturnDocument.AFTER,
         )

@@ -139,6 +139,10 @@ class EndpointStore:
         await self._collection.insert_one(doc)
         return doc, secret
 
+    async def count(self, project: str) -> int:
+        """How many endpoints the project has (a deleted endpoint is removed, so it is not counted)."""
+        return await self._collection.count_documents({"project": project})
+
     async def list_page(self, project: str, page: PageParams) -> dict[str, Any]:
         """One page of the project's endpoints, as the API's list object."""
         return await fetch_page(self._collection, {"project": project}, page, endpoint_to_api)

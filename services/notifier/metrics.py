@@ -22,5 +22,8 @@ class NotifierMetrics:
         self.delivery_seconds = Histogram("offhours_notifier_delivery_seconds",
                                           "From delivery creation to the successful attempt.", registry=registry,
                                           buckets=(0.01, 0.05, 0.1, 0.5, 1, 5, 30, 60, 300, 3600, 86400))
+        self.commit_failures = Counter("offhours_notifier_commit_failures",
+                                       "Offset commits that failed (a rebalance, the broker away); the records "
+                                       "are admitted again by whoever owns their partition next.", registry=registry)
         self.in_pool = Gauge("offhours_notifier_deliveries_in_memory",
                              "Deliveries waiting for or holding a send slot in this process.", registry=registry)

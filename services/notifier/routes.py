@@ -123,7 +123,8 @@ def _grace_seconds(ctx: WebhooksContext, req: RotateSecretRequest) -> float:
         "`url`: http(s), resolving to public addresses only (unless the operator's allowlist says "
         "otherwise). `event_types` (or `events`): default "
         f"{', '.join(DEFAULT_WEBHOOK_EVENTS)}; any of {', '.join(EVENT_TYPES)}. The answer carries "
-        "`signing_secret` (`whsec_…`): it is shown here and by rotate_secret only."
+        "`signing_secret` (`whsec_…`): it is shown here and by rotate_secret only. A project has at most "
+        "`project_max_webhook_endpoints` (20) endpoints: one more answers 429 `too_many_webhook_endpoints`."
     ),
 )
 async def create_endpoint(request: web.Request) -> web.Response:
@@ -138,6 +139,13 @@ async def create_endpoint(request: web.Request) -> web.Response:
         event_types=req.event_types or list(DEFAULT_WEBHOOK_EVENTS),
         enabled=req.enabled,
     )
+    limit = ctx.settings.project_max_webhook_endpoints
+    # Counted after the insert, so two concurrent creates cannot both slip under the limit (at worst
+    # both are refused); each endpoint costs deliveries on every event of the project.
+    if await ctx.endpoints.count(doc["project"]) > limit:
+        await ctx.endpoints.delete(doc["project"], doc["_id"])
+        raise APIError(429, f"At most {limit} webhook endpoints are allowed per project; delete one first.",
+                       code="too_many_webhook_endpoints")
     log.info("webhook endpoint %s created (project %s)", doc["_id"], doc["project"])
     return web.json_response(endpoint_to_api(doc, secret))
 
@@ -375,7 +383,7 @@ async def _webhooks_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS_KEY]
     db = app[DB_KEY]
     endpoints = EndpointStore(db, SecretBox.from_settings(settings))
-    deliveries = DeliveryStore(db)
+    deliveries = DeliveryStore(db, ended_ttl_s=settings.webhook_delivery_ttl_seconds)
     await endpoints.ensure_indexes()
     await deliveries.ensure_indexes()
     sender = await Sender.from_settings(settings).start()

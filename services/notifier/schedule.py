@@ -70,11 +70,20 @@ class Scheduler:
                     )
                     if doc is None:
                         break
-                    self.pool.submit(doc["target"], functools.partial(self._send, doc, claim), force=True)
+                    self.pool.submit(doc["target"], functools.partial(self._send, doc, claim), force=True,
+                                     host=await self._host_of(doc))
             except Exception:
                 log.exception("claiming due deliveries failed; retrying at the next poll")
             # The poll interval bounds the sleep: other notifiers schedule retries too, and claims lapse.
             await self.alarm.sleep(self.settings.webhook_poll_interval_seconds)
+
+    async def _host_of(self, doc: Mapping[str, Any]) -> str | None:
+        try:
+            return await self.attempts.host_of(doc)
+        except Exception:
+            # Claimed already: sent under its endpoint's bound alone rather than left to lapse.
+            log.warning("reading the endpoint of delivery %s failed", doc["_id"], exc_info=True)
+            return None
 
     async def _send(self, doc: Mapping[str, Any], claim: str) -> None:
         update = await self.attempts.claimed(doc, claim)

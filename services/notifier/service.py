@@ -59,11 +59,12 @@ class Notifier:
         self.db = db
         self.box = box or SecretBox.from_settings(settings)
         self.endpoints = EndpointStore(db, self.box)
-        self.deliveries = DeliveryStore(db)
+        self.deliveries = DeliveryStore(db, ended_ttl_s=settings.webhook_delivery_ttl_seconds)
         self.batches = BatchStore(db)
         self.sender = Sender.from_settings(settings)
         self.pool = DeliveryPool(
             per_target=settings.webhook_max_concurrency_per_endpoint,
+            per_host=settings.webhook_max_concurrency_per_host,
             overall=settings.webhook_max_concurrency,
             queued_per_target=settings.webhook_max_queued_per_endpoint,
             queued_overall=settings.webhook_max_queued,
@@ -110,7 +111,7 @@ class Notifier:
         await consumer.start()
         log.info("notifier running (topic %s, group %s)", consumer.topics[0], notifier_group(self.settings))
         tasks = [
-            asyncio.create_task(consume(consumer, self.handle_records, self.results, stop), name="notifier-consume"),
+            asyncio.create_task(consume(consumer, self.handle_records, self.results, stop, self.metrics), name="notifier-consume"),
             asyncio.create_task(self.scheduler.run(stop), name="notifier-schedule"),
             asyncio.create_task(self.results.run(), name="notifier-record"),
         ]

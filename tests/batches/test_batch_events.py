@@ -94,9 +94,11 @@ async def test_a_failed_send_keeps_the_event(settings: Settings) -> None:
             completion_window="24h", expires_in_s=86400,
         ))
         moved = await store.transition(doc["_id"], "validating", "in_progress")
-        # The broker refuses (here: the client refuses to send a message over its size limit).
-        async with Producer(settings, max_request_size=64) as producer:
+        # The send fails (here: the producer was closed under it). An event over the size limit is
+        # another matter: it can never be sent, and is set aside (tests/events/test_outbox_set_aside.py).
+        async with Producer(settings) as producer:
             publisher = EventPublisher(store, producer, settings)
+            await producer.raw.stop()
             assert await publisher.publish_outbox(moved) == 0
         kept = await store.get(doc["_id"])
         assert [e["type"] for e in kept["outbox"]] == ["batch.created", "batch.in_progress"]

@@ -7,7 +7,7 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 
-from services.notifier.pool import DeliveryPool
+from services.notifier.pool import DeliveryPool, receiving_host
 from tests.support.wait import wait_for
 
 
@@ -71,3 +71,40 @@ async def test_a_failing_delivery_does_not_break_the_pool(caplog: pytest.LogCapt
     pool.submit("t", fine)
     await asyncio.wait_for(pool.wait_idle(), 5)
     assert ran == ["fine"] and "bad delivery" in caplog.text
+
+
+async def test_targets_on_one_host_share_its_bound_and_other_hosts_go_on() -> None:
+    pool = DeliveryPool(per_target=4, overall=10, queued_per_target=50, queued_overall=100, per_host=2)
+    gate = asyncio.Event()
+    running: dict[str, int] = {"slow": 0, "fast": 0}
+    most = 0
+    done: list[str] = []
+
+    def held(host: str) -> Callable[[], Awaitable[None]]:
+        async def run() -> None:
+            nonlocal most
+            running[host] += 1
+            most = max(most, running["slow"])
+            if host == "slow":
+                await gate.wait()
+            running[host] -= 1
+            done.append(host)
+        return run
+
+    for endpoint in ("a", "b", "c"):
+        for _ in range(3):
+            assert pool.submit(endpoint, held("slow"), host="slow.example:443")
+    for i in range(5):
+        assert pool.submit(f"other{i}", held("fast"), host="fast.example:443")
+    await wait_for(lambda: done.count("fast") == 5, 5, interval=0.01, what="the other host's 5 deliveries")
+    assert running["slow"] == 2  # three endpoints, one host: 2 at once, not 3 x 4
+    gate.set()
+    await asyncio.wait_for(pool.wait_idle(), 5)
+    assert done.count("slow") == 9 and most == 2 and pool.queued == 0
+
+
+def test_the_receiving_host_of_a_url() -> None:
+    assert receiving_host("https://Hooks.Example.com/a") == receiving_host("https://hooks.example.com:443/b")
+    assert receiving_host("http://127.0.0.1:8080/x") == "127.0.0.1:8080"
+    assert receiving_host("http://127.0.0.1:8080/x") != receiving_host("http://127.0.0.1:8081/x")
+    assert receiving_host("http://[::1]:99999/") is None and receiving_host("not a url") is None
