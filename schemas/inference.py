@@ -15,8 +15,10 @@ COMPLETIONS = "/v1/completions"
 EMBEDDINGS = "/v1/embeddings"
 # Bailian's test endpoint: answered by batch-test-model as a chat completion, no inference.
 CHAT_DS_TEST = "/v1/chat/ds-test"
+# OpenAI's Responses API (schemas/responses.py: the subset a batch line may use, and its chat translation).
+RESPONSES = "/v1/responses"
 
-SUPPORTED_ENDPOINTS: frozenset[str] = frozenset({CHAT_COMPLETIONS, COMPLETIONS, EMBEDDINGS, CHAT_DS_TEST})
+SUPPORTED_ENDPOINTS: frozenset[str] = frozenset({CHAT_COMPLETIONS, COMPLETIONS, EMBEDDINGS, CHAT_DS_TEST, RESPONSES})
 
 
 class _Request(BaseModel):
@@ -137,6 +139,10 @@ def usage_of(body: Any) -> tuple[int, int]:
     usage = body.get("usage")
     if not isinstance(usage, dict):
         return 0, 0
-    prompt = usage.get("prompt_tokens") or 0
-    completion = usage.get("completion_tokens") or 0
+    prompt = usage.get("prompt_tokens")
+    if prompt is None:  # a Response object (/v1/responses) counts input_tokens / output_tokens
+        prompt = usage.get("input_tokens") or 0
+        completion = usage.get("output_tokens") or 0
+    else:
+        completion = usage.get("completion_tokens") or 0
     return (prompt if isinstance(prompt, int) else 0, completion if isinstance(completion, int) else 0)

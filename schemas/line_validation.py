@@ -14,7 +14,14 @@ from typing import Any
 
 import orjson
 
-from schemas.inference import CHAT_COMPLETIONS, CHAT_DS_TEST, COMPLETIONS, EMBEDDINGS, SUPPORTED_ENDPOINTS
+from schemas.inference import (
+    CHAT_COMPLETIONS,
+    CHAT_DS_TEST,
+    COMPLETIONS,
+    EMBEDDINGS,
+    RESPONSES,
+    SUPPORTED_ENDPOINTS,
+)
 from schemas.jsonl import DEFAULT_MAX_LINE_BYTES, RawLine
 from schemas.text import DEFAULT_QUOTE_CHARS, cut, quote
 
@@ -43,6 +50,8 @@ _REQUIRED_BODY_FIELD: dict[str, tuple[str, tuple[type, ...]]] = {
     CHAT_DS_TEST: ("messages", (list,)),
     COMPLETIONS: ("prompt", (str, list)),
     EMBEDDINGS: ("input", (str, list)),
+    # The rest of a Responses body is judged by the engine (schemas/responses.py), as a 400 of that line.
+    RESPONSES: ("input", (str, list)),
 }
 
 

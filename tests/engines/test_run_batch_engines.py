@@ -209,7 +209,7 @@ def test_models_command_lists_the_registry(fmt: str | None) -> None:
     if fmt:
         rows = {r["name"]: r for r in orjson.loads(proc.stdout)}
         assert rows[CHAT_MODEL]["engine"] == "llama-cpp"
-        assert rows[CHAT_MODEL]["endpoints"] == ["/v1/chat/completions", "/v1/completions"]
+        assert rows[CHAT_MODEL]["endpoints"] == ["/v1/chat/completions", "/v1/completions", "/v1/responses"]
         assert rows[EMBEDDINGS_MODEL]["engine"] == "embeddings"
         assert rows["batch-test-model"]["engine"] == "test"
         assert rows["null-model"]["endpoints"]  # the engine's defaults when the entry names none

@@ -13,8 +13,10 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from schemas.inference import CHAT_COMPLETIONS, CHAT_DS_TEST, COMPLETIONS
+from schemas.inference import CHAT_COMPLETIONS, CHAT_DS_TEST, COMPLETIONS, RESPONSES
+from schemas.responses import response_object
 from services.inference.engines.base import Engine, EngineRequest, EngineResult, bad_request
+from services.inference.engines.openai_params import parse_responses
 
 ANSWER = "This is a test result."
 # What a BPE tokenizer makes of ANSWER ("This", " is", " a", " test", " result", ".").
@@ -72,7 +74,7 @@ class FixedAnswerEngine(Engine):
 
     @classmethod
     def default_endpoints(cls) -> frozenset[str]:
-        return frozenset({CHAT_COMPLETIONS, CHAT_DS_TEST, COMPLETIONS})
+        return frozenset({CHAT_COMPLETIONS, CHAT_DS_TEST, COMPLETIONS, RESPONSES})
 
     def _answer(self, request: EngineRequest, created: int) -> EngineResult:
         n = next(self._ids)
@@ -93,6 +95,9 @@ class FixedAnswerEngine(Engine):
             }, "req_" + suffix)
         messages = body.get("messages")
         if not isinstance(messages, list) or not messages:
+            # A Responses body has no messages: tested here, off the chat path, which stays one dict lookup.
+            if request.endpoint == RESPONSES:
+                return self._response(request, created, suffix)
             return bad_request(f"req_{suffix}", "messages must be a non-empty array", param="messages")
         prompt_tokens = chat_prompt_tokens(messages)
         return EngineResult(200, {
@@ -104,6 +109,16 @@ class FixedAnswerEngine(Engine):
             "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": ANSWER_TOKENS,
                       "total_tokens": prompt_tokens + ANSWER_TOKENS},
         }, "req_" + suffix)
+
+    def _response(self, request: EngineRequest, created: int, suffix: str) -> EngineResult:
+        """The chat path's answer as a Response object, the prompt counted as chat counts it."""
+        parsed = parse_responses(request.body, "req_" + suffix)
+        if isinstance(parsed, EngineResult):
+            return parsed
+        return EngineResult(200, response_object(
+            parsed, model=self.model, created_at=created, text=ANSWER, finish_reason="stop",
+            input_tokens=chat_prompt_tokens(parsed.messages), output_tokens=ANSWER_TOKENS,
+            response_id="resp_" + suffix), "req_" + suffix)
 
     async def infer(self, request: EngineRequest) -> EngineResult:
         return self._answer(request, int(time.time()))

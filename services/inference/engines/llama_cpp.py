@@ -24,7 +24,14 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import Field
 
-from schemas.inference import CHAT_COMPLETIONS, COMPLETIONS, ChatCompletionRequest, CompletionRequest
+from schemas.inference import (
+    CHAT_COMPLETIONS,
+    COMPLETIONS,
+    RESPONSES,
+    ChatCompletionRequest,
+    CompletionRequest,
+)
+from schemas.responses import chat_body
 from services.inference.engines.base import (
     Engine,
     EngineRequest,
@@ -39,6 +46,8 @@ from services.inference.engines.openai_params import (
     check_extra_fields,
     new_request_id,
     parse_body,
+    parse_responses,
+    responses_result,
     unsupported,
 )
 from services.inference.registry import EngineOptions, RegistryError
@@ -118,7 +127,7 @@ class LlamaCppEngine(Engine):
 
     @classmethod
     def default_endpoints(cls) -> frozenset[str]:
-        return frozenset({CHAT_COMPLETIONS, COMPLETIONS})
+        return frozenset({CHAT_COMPLETIONS, COMPLETIONS, RESPONSES})
 
     # --- lifecycle ------------------------------------------------------------------------
 
@@ -177,6 +186,15 @@ class LlamaCppEngine(Engine):
         elif request.endpoint == COMPLETIONS:
             plan = self._plan_completion(request.body, request_id)
             job = self._run_completion
+        elif request.endpoint == RESPONSES:
+            # Answered through chat: the same template, sampling and token budget, reshaped.
+            parsed = parse_responses(request.body, request_id)
+            if isinstance(parsed, EngineResult):
+                return parsed
+            plan = self._plan_chat(chat_body(parsed), request_id)
+            if isinstance(plan, EngineResult):
+                return responses_result(parsed, plan)
+            return responses_result(parsed, await self._thread.run(self._guarded, self._run_chat, plan, request_id))
         else:
             return bad_request(request_id, f"model {self.model!r} does not serve {request.endpoint}",
                                param="url", code="unsupported_endpoint")

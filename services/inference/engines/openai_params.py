@@ -13,6 +13,8 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
+from schemas.errors import error_body
+from schemas.responses import ParsedRequest, RequestProblem, from_chat_completion, parse_request
 from services.inference.engines.base import EngineResult, bad_request
 
 M = TypeVar("M", bound=BaseModel)
@@ -93,3 +95,33 @@ def check_extra_fields(request: BaseModel, handled: Collection[str], request_id:
             continue
         return unsupported(request_id, model, name)
     return None
+
+
+def parse_responses(body: dict[str, Any], request_id: str) -> ParsedRequest | EngineResult:
+    """A `/v1/responses` body checked once for every engine that answers it through chat, or its 400."""
+    parsed = parse_request(body)
+    if isinstance(parsed, RequestProblem):
+        return bad_request(request_id, parsed.message, param=parsed.param, code=parsed.code)
+    return parsed
+
+
+def responses_result(parsed: ParsedRequest, chat: EngineResult) -> EngineResult:
+    """A chat path's answer as the Response object the line expects; errors are kept as they are.
+
+    The chat path locates its errors at chat fields; the client wrote Responses ones.
+    """
+    if not 200 <= chat.status_code < 300:
+        err = chat.body.get("error") if isinstance(chat.body, dict) else None
+        if isinstance(err, dict) and isinstance(param := err.get("param"), str):
+            err["param"] = _RESPONSES_PARAMS.get(param.split("[", 1)[0], param)
+        return chat
+    body = from_chat_completion(parsed, chat.body)
+    if body is None:
+        return EngineResult(502, error_body("the chat answer behind this response is not a chat completion",
+                                            type="upstream_error", code="upstream_invalid_response"),
+                            chat.request_id)
+    return EngineResult(chat.status_code, body, chat.request_id)
+
+
+_RESPONSES_PARAMS = {"messages": "input", "max_tokens": "max_output_tokens",
+                     "max_completion_tokens": "max_output_tokens"}

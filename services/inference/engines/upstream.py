@@ -16,6 +16,11 @@ Failure handling, per request (tenacity, exponential backoff with full jitter, h
 - A server that cannot be reached at all (connection refused or reset, gone mid-request,
   connect timeout) is retried `max_retries` times and then raises `EngineUnavailable`: that
   is the engine's state, not the request's, and the worker retries the chunk instead.
+
+Requests in flight are held under an adaptive limit (aimd.py): a server that answers 429/503, or
+slower than its recent baseline, gets fewer at once, so a batch on a shared deployment gives way to
+its live users; `max_concurrency` stays the ceiling. `/v1/responses` is passed through, or answered
+through the server's chat endpoint (`responses = "chat"`, schemas/responses.py).
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ import email.utils
 import logging
 import random
 import time
-from typing import Any, Self
+from typing import Any, Literal, Self
 
 import aiohttp
 import orjson
@@ -33,10 +38,12 @@ from pydantic import Field, model_validator
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type
 
 from schemas.errors import error_body
-from schemas.inference import CHAT_COMPLETIONS, COMPLETIONS, EMBEDDINGS
+from schemas.inference import CHAT_COMPLETIONS, COMPLETIONS, EMBEDDINGS, RESPONSES
+from schemas.responses import chat_body
+from services.inference.engines.aimd import AimdController, ResizableLimiter
 from services.inference.engines.base import Engine, EngineRequest, EngineResult, EngineUnavailable
 from services.inference.engines.managed_server import ManagedServer, ManagedServerConfig, ServerUnavailable
-from services.inference.engines.openai_params import new_request_id
+from services.inference.engines.openai_params import new_request_id, parse_responses, responses_result
 from services.inference.registry import EngineOptions
 from services.settings import get_settings
 
@@ -46,6 +53,8 @@ log = logging.getLogger(__name__)
 RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 # Of those, the ones that say "busy" rather than "this request broke me": the full `max_retries`.
 BUSY_STATUSES = frozenset({408, 429, 502, 503, 504})
+# Of those, the ones a server sends when it sheds load: the adaptive limit gives way on them.
+OVERLOAD_STATUSES = frozenset({429, 503})
 
 
 class UpstreamOptions(EngineOptions):
@@ -64,6 +73,15 @@ class UpstreamOptions(EngineOptions):
     backoff_max_s: float = Field(30.0, ge=0)
     retry_after_max_s: float = Field(300.0, ge=0)
     max_concurrency: int = 64
+    # Adapt the requests in flight (AIMD, aimd.py) between min_concurrency and max_concurrency, so a
+    # batch on a shared deployment gives way to its live users; false keeps max_concurrency fixed.
+    adaptive_concurrency: bool = True
+    min_concurrency: int = Field(1, ge=1)
+    # A latency this many times the recent baseline counts as overload (0: only 429/503 do).
+    latency_backoff_factor: float = Field(2.0, ge=0)
+    # /v1/responses: "native" sends it to the server's own /v1/responses unchanged; "chat" answers it
+    # through the server's /v1/chat/completions (for servers without the Responses API).
+    responses: Literal["native", "chat"] = "chat"
 
     @model_validator(mode="after")
     def _one_target(self) -> Self:
@@ -162,7 +180,9 @@ class UpstreamEngine(Engine):
         super().__init__(model, **self.options.engine_kwargs())
         self.server: ManagedServer | None = None
         self._session: aiohttp.ClientSession | None = None
-        self._sem = asyncio.Semaphore(self.max_concurrency)
+        self._aimd = AimdController(self.max_concurrency, floor=self.options.min_concurrency,
+                                    latency_factor=self.options.latency_backoff_factor)
+        self._limiter = ResizableLimiter(self.max_concurrency)
         self.retries = 0  # requests re-sent, for logs and tests
         self._base_url = self.options.base_url or ""
         key = self.options.api_key
@@ -174,7 +194,7 @@ class UpstreamEngine(Engine):
 
     @classmethod
     def default_endpoints(cls) -> frozenset[str]:
-        return frozenset({CHAT_COMPLETIONS, COMPLETIONS, EMBEDDINGS})
+        return frozenset({CHAT_COMPLETIONS, COMPLETIONS, EMBEDDINGS, RESPONSES})
 
     async def start(self) -> None:
         if self._session is not None:
@@ -203,16 +223,38 @@ class UpstreamEngine(Engine):
         out["base_url"] = self._base_url or None
         if self.options.server is not None:
             out["server"] = self.options.server.preset
+        out["concurrency_limit"] = self.concurrency_limit
+        out["responses"] = self.options.responses
         return out
+
+    @property
+    def concurrency_limit(self) -> int:
+        """Requests this engine lets be in flight now (the adaptive limit, or max_concurrency)."""
+        return self._limiter.limit
+
+    @property
+    def in_flight(self) -> int:
+        return self._limiter.in_flight
 
     async def infer(self, request: EngineRequest) -> EngineResult:
         if self._session is None:
             raise EngineUnavailable(f"engine for {self.model!r} is not started")
-        body = request.body
+        if request.endpoint == RESPONSES and self.options.responses == "chat":
+            return await self._responses_via_chat(request)
+        return await self._request(request.endpoint, request.body, request.custom_id)
+
+    async def _responses_via_chat(self, request: EngineRequest) -> EngineResult:
+        parsed = parse_responses(request.body, new_request_id())
+        if isinstance(parsed, EngineResult):
+            return parsed
+        chat = await self._request(CHAT_COMPLETIONS, chat_body(parsed), request.custom_id)
+        return responses_result(parsed, chat)
+
+    async def _request(self, endpoint: str, body: dict[str, Any], custom_id: str) -> EngineResult:
         if self.options.upstream_model is not None:
             body = {**body, "model": self.options.upstream_model}
         payload = orjson.dumps(body)
-        url = join_url(self._base_url, request.endpoint)
+        url = join_url(self._base_url, endpoint)
         o = self.options
         suspect_failures = 0
 
@@ -235,7 +277,7 @@ class UpstreamEngine(Engine):
             self.retries += 1
             log.info("upstream %s: %s; retry %d/%d in %.2fs (%s)", url,
                      state.outcome.exception() if state.outcome else "?", state.attempt_number, o.max_retries,
-                     state.upcoming_sleep, request.custom_id)
+                     state.upcoming_sleep, custom_id)
 
         retrying = AsyncRetrying(stop=stop, wait=wait, retry=retry_if_exception_type(_Retry),
                                  before_sleep=before_sleep, reraise=True)
@@ -246,8 +288,7 @@ class UpstreamEngine(Engine):
                     attempts = attempt.retry_state.attempt_number
                     if attempts > 1:
                         await self._wait_for_server()
-                    async with self._sem:
-                        return await self._send(url, payload)
+                    return await self._limited_send(url, payload)
         except _Retry as last:
             return last.final(url, attempts)
         raise AssertionError("unreachable: tenacity either returns, raises or retries")
@@ -260,6 +301,32 @@ class UpstreamEngine(Engine):
                 await self.server.wait_ready()
         except (ServerUnavailable, TimeoutError) as exc:
             raise EngineUnavailable(f"managed server for {self.model!r} is not available: {exc}") from None
+
+    async def _limited_send(self, url: str, payload: bytes) -> EngineResult:
+        """One try, inside the in-flight limit, its outcome fed to the adaptive limit."""
+        limiter, aimd = self._limiter, self._aimd
+        await limiter.acquire()
+        try:
+            if not self.options.adaptive_concurrency:
+                return await self._send(url, payload)
+            token = aimd.sent()
+            started = time.monotonic()
+            try:
+                result = await self._send(url, payload)
+            except _Retry as exc:
+                if exc.status in OVERLOAD_STATUSES and aimd.overloaded(token):
+                    log.info("upstream %s: HTTP %s, in-flight limit of %s now %d", url, exc.status, self.model,
+                             aimd.limit)
+                raise
+            # Any answer the server produced (a 4xx too) is a latency sample; only 5xx are not.
+            if result.status_code < 500 and aimd.answered(token, time.monotonic() - started):
+                log.info("upstream %s: latency %.3fs over a %.3fs baseline, in-flight limit of %s now %d", url,
+                         aimd.recent_s or 0.0, aimd.baseline_s or 0.0, self.model, aimd.limit)
+            return result
+        finally:
+            limiter.release()
+            if self.options.adaptive_concurrency and limiter.limit != aimd.limit:
+                limiter.resize(aimd.limit)
 
     async def _send(self, url: str, payload: bytes) -> EngineResult:
         assert self._session is not None
