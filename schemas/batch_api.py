@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import re
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic_core import PydanticCustomError
 
+from schemas.api_params import MAX_FILE_TTL_SECONDS, MIN_FILE_TTL_SECONDS
 from schemas.inference import SUPPORTED_ENDPOINTS
 from schemas.openai_objects import BatchStatus
 from schemas.text import quote
@@ -110,6 +111,17 @@ def _invalid(code: str, message: str) -> PydanticCustomError:
     return PydanticCustomError(code, message)
 
 
+class OutputExpiresAfterRequest(BaseModel):
+    """`output_expires_after` of `POST /v1/batches`: the output and error files expire `seconds` after
+    their own creation (OpenAI's anchor is the file's `created_at`, not the batch's)."""
+
+    model_config = ConfigDict(extra="ignore", strict=True)
+
+    anchor: Literal["created_at"] = Field(description="The only anchor is `created_at` (the file's).")
+    seconds: int = Field(ge=MIN_FILE_TTL_SECONDS, le=MAX_FILE_TTL_SECONDS,
+                         description="Seconds after the anchor, 3600 (1 hour) to 2592000 (30 days).")
+
+
 class CreateBatchRequest(BaseModel):
     """`POST /v1/batches`. Unknown fields (newer SDK options) are ignored, as OpenAI does."""
 
@@ -125,6 +137,10 @@ class CreateBatchRequest(BaseModel):
         None,
         description="At most 16 pairs; keys up to 64 characters, values up to 512. `ds_name` (up to 100) and "
         "`ds_description` (up to 200) name and describe the batch; `GET /v1/batches?ds_name=` filters on it.",
+    )
+    output_expires_after: OutputExpiresAfterRequest | None = Field(
+        None, description="When the output and error files expire: `{\"anchor\": \"created_at\", \"seconds\": N}`, "
+        "3600 <= N <= 2592000, counted from each file's `created_at`. Without it they never expire.",
     )
 
     @field_validator("input_file_id")

@@ -80,6 +80,13 @@ class BatchUsage(_Wire):
     total_tokens: int = 0
 
 
+class OutputExpiresAfter(_Wire):
+    """When a batch's output and error files expire: `seconds` after each file's own `created_at`."""
+
+    anchor: Literal["created_at"] = "created_at"
+    seconds: int
+
+
 class Batch(_Wire):
     id: str
     object: Literal["batch"] = "batch"
@@ -103,6 +110,11 @@ class Batch(_Wire):
     request_counts: BatchRequestCounts = Field(default_factory=BatchRequestCounts)
     usage: BatchUsage | None = None
     metadata: dict[str, str] | None = None
+    # As given at create (OpenAI takes it on create; whether its Batch object returns it is not
+    # documented, and openai-python's Batch type does not have it: the SDK keeps it as an extra field).
+    output_expires_after: OutputExpiresAfter | None = None
+    # Extension: the id of the newest batch created from this one by `POST /v1/batches/{id}/retry`.
+    retried_by: str | None = None
 
 
 T = TypeVar("T")

@@ -16,6 +16,7 @@ from events.topics import batch_events_topic, ensure_topics
 from services.batches.context import BATCHES_KEY, BatchesContext, LimitedModels
 from services.batches.handlers import add_batch_routes
 from services.batches.models_route import add_model_routes
+from services.batches.retry import add_retry_route
 from services.http.health import add_health_check
 from services.http.service import DB_KEY, OBJECTS_KEY, SETTINGS_KEY, create_service_app
 from services.settings import Settings
@@ -54,10 +55,11 @@ async def _kafka_ping(app: web.Application) -> None:
 
 
 def setup_batches(app: web.Application) -> None:
-    """Add `/v1/batches`, `/v1/models`, the batch store and the events producer to `app`."""
+    """Add `/v1/batches` (with the retry extension), `/v1/models`, the batch store and the events producer to `app`."""
     app.cleanup_ctx.append(_batches_ctx)
     add_health_check(app, "kafka", lambda: _kafka_ping(app))
     add_batch_routes(app)
+    add_retry_route(app)
     add_model_routes(app)
 
 

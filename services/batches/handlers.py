@@ -1,4 +1,4 @@
-"""The Batches API handlers: `/v1/batches` create, list, retrieve, cancel.
+"""The Batches API handlers: `/v1/batches` create, list, retrieve, cancel (retry: retry.py).
 
 The API only writes state and publishes events; the dispatcher validates and runs batches.
 Every write that changes a status is followed at once by `publish_outbox` (docs/architecture.md).
@@ -36,17 +36,17 @@ _BATCH_ID = {"batch_id": "The batch's id (`batch_…`)."}
 CANCELLABLE = ("validating", "in_progress")
 
 
-def _parse(model: type[M], data: dict[str, Any]) -> M:
+def parse_request(model: type[M], data: dict[str, Any]) -> M:
     return parse_fields(model, data, own_codes=VALIDATION_CODES)
 
 
-def _json(body: Any) -> web.Response:
+def json_body(body: Any) -> web.Response:
     # orjson writes UTF-8 rather than \u escapes (up to 12 bytes a character), so the Batch object's
     # size bound (schemas.openai_objects) holds for the bytes on the wire too.
     return web.Response(body=orjson.dumps(body), content_type="application/json")
 
 
-def _batch_missing(batch_id: str) -> APIError:
+def batch_missing(batch_id: str) -> APIError:
     return not_found(f"No batch found with id '{cut(batch_id)}'.", param="batch_id", code="batch_not_found")
 
 
@@ -175,6 +175,8 @@ async def _create_pinned(ctx: BatchesContext, project: str, req: CreateBatchRequ
         metadata=req.metadata,
         model=model,
         batch_id=batch_id,
+        output_expires_after=(None if req.output_expires_after is None
+                              else req.output_expires_after.model_dump(mode="json")),
     )
     await ctx.store.insert(doc)
     # Counted after the insert, so two concurrent creates cannot both slip under a limit (at worst
@@ -202,14 +204,15 @@ async def _create_pinned(ctx: BatchesContext, project: str, req: CreateBatchRequ
     description=(
         "`input_file_id`: a file with purpose `batch`, or an http(s) URL of a JSONL file. "
         "`completion_window`: `24h` to `336h`, in `h` or `d`. `metadata`: at most 16 pairs, keys up to 64 "
-        "and values up to 512 characters (`ds_name` 100, `ds_description` 200). The batch starts in "
-        "`validating`; the dispatcher checks every line."
+        "and values up to 512 characters (`ds_name` 100, `ds_description` 200). `output_expires_after`: "
+        "`{anchor: created_at, seconds: 3600..2592000}`, when the output and error files expire after their "
+        "creation. The batch starts in `validating`; the dispatcher checks every line."
     ),
 )
 async def create_batch_handler(request: web.Request) -> web.Response:
-    req = _parse(CreateBatchRequest, await json_object(request))
+    req = parse_request(CreateBatchRequest, await json_object(request))
     doc = await create_batch(request.app[BATCHES_KEY], project_of(request), req)
-    return _json(to_api(doc))
+    return json_body(to_api(doc))
 
 
 @operation("List batches", query=BatchListQuery, responses={200: BatchList}, tags=TAGS,
@@ -217,7 +220,7 @@ async def create_batch_handler(request: web.Request) -> web.Response:
                        "(comma list, up to 20), `status` (comma list), `create_after` / `create_before` "
                        "(`yyyyMMddHHmmss`, UTC; `create_after <= created_at < create_before`).")
 async def list_batches(request: web.Request) -> web.Response:
-    query = _parse(BatchListQuery, dict(request.query.items()))
+    query = parse_request(BatchListQuery, dict(request.query.items()))
     ctx = request.app[BATCHES_KEY]
     try:
         docs, has_more = await ctx.store.list(
@@ -233,7 +236,7 @@ async def list_batches(request: web.Request) -> web.Response:
     except CursorNotFound:
         raise invalid_request(f"Invalid value for 'after': no batch with id {quote(query.after)}.",
                               param="after", code="invalid_value") from None
-    return _json(page_body([to_api(d) for d in docs], has_more=has_more))
+    return json_body(page_body([to_api(d) for d in docs], has_more=has_more))
 
 
 @operation("Retrieve a batch", responses={200: Batch}, tags=TAGS, path_params=_BATCH_ID)
@@ -241,15 +244,15 @@ async def retrieve_batch(request: web.Request) -> web.Response:
     batch_id = request.match_info["batch_id"]
     doc = await request.app[BATCHES_KEY].store.get(batch_id, project_of(request))
     if doc is None:
-        raise _batch_missing(batch_id)
-    return _json(to_api(doc))
+        raise batch_missing(batch_id)
+    return json_body(to_api(doc))
 
 
 async def cancel_batch(ctx: BatchesContext, project: str, batch_id: str) -> Doc:
     """CAS `validating|in_progress -> cancelling`; an already cancelling batch is returned as it is."""
     doc = await ctx.store.get(batch_id, project)
     if doc is None:
-        raise _batch_missing(batch_id)
+        raise batch_missing(batch_id)
     if doc["status"] in CANCELLABLE:
         new = await ctx.store.transition(batch_id, CANCELLABLE, "cancelling")
         if new is not None:
@@ -259,7 +262,7 @@ async def cancel_batch(ctx: BatchesContext, project: str, batch_id: str) -> Doc:
         # Lost the race to the dispatcher (or another cancel): judge the status it has now.
         doc = await ctx.store.get(batch_id, project)
         if doc is None:
-            raise _batch_missing(batch_id)
+            raise batch_missing(batch_id)
     if doc["status"] in ("cancelling", "cancelled"):
         return doc
     status = doc["status"]
@@ -272,7 +275,7 @@ async def cancel_batch(ctx: BatchesContext, project: str, batch_id: str) -> Doc:
                        "ends the batch `cancelled` with partial output. Cancelling a `cancelling` batch is a no-op.")
 async def cancel_batch_handler(request: web.Request) -> web.Response:
     doc = await cancel_batch(request.app[BATCHES_KEY], project_of(request), request.match_info["batch_id"])
-    return _json(to_api(doc))
+    return json_body(to_api(doc))
 
 
 def add_batch_routes(app: web.Application) -> None:

@@ -8,7 +8,8 @@ Steps (docs/architecture.md, "Lifecycle" 5), each safe to repeat after a crash:
    files (S3 multipart); for skipped/abandoned chunks re-read their byte range and write each line to
    the error file as `batch_expired` / `batch_cancelled`. Keys and file ids derive from the batch
    id, so a second run overwrites the first with the same bytes.
-4. Register the files (`batch_output`), then CAS to the terminal status with counts, usage and file
+4. Register the files (`batch_output`; with the batch's `output_expires_after`, each expires that many
+   seconds after its own `created_at`), then CAS to the terminal status with counts, usage and file
    ids, flagged `cleanup_pending`.
 5. Clean up (`clean_up`): release the input pin, delete the parts (a losing attempt's too), the URL
    input's copy and the chunk ledger, then clear the flag. A process that dies before that leaves
@@ -157,6 +158,13 @@ async def assemble(
     return result, out.key, err.key
 
 
+def output_ttl_seconds(batch: dict[str, Any]) -> int | None:
+    """Seconds the batch's output and error files live (its `output_expires_after`); None: forever."""
+    policy = batch.get("output_expires_after")
+    seconds = policy.get("seconds") if isinstance(policy, dict) else None
+    return int(seconds) if isinstance(seconds, int | float) else None
+
+
 def usage_of(a: Assembly) -> dict[str, Any]:
     return {
         "input_tokens": a.input_tokens,
@@ -245,13 +253,12 @@ class Finalizer:
         project = doc["project"]
         # OpenAI's rule: an output file when any request succeeded, an error file when any failed.
         out_file = err_file = None
+        ttl = output_ttl_seconds(doc)
         if wrote_out is not None:
-            await self.files.register_existing(project, out_key, f"{batch_id}_output.jsonl", BATCH_OUTPUT,
-                                               a.output_bytes, file_id=out_id)
+            await self._register(project, out_key, f"{batch_id}_output.jsonl", a.output_bytes, out_id, ttl)
             out_file = out_id
         if wrote_err is not None:
-            await self.files.register_existing(project, err_key, f"{batch_id}_error.jsonl", BATCH_OUTPUT,
-                                               a.error_bytes, file_id=err_id)
+            await self._register(project, err_key, f"{batch_id}_error.jsonl", a.error_bytes, err_id, ttl)
             err_file = err_id
         counts = {"total": a.total, "completed": a.succeeded, "failed": a.failed + a.unfinished}
         new = await self.batches.transition(batch_id, from_status, outcome, set={
@@ -269,6 +276,14 @@ class Finalizer:
                  time.perf_counter() - started)
         await self.clean_up(new)
         return True
+
+    async def _register(self, project: str, key: str, filename: str, size: int, file_id: str,
+                        ttl: int | None) -> None:
+        # OpenAI's anchor is the file's own creation, so each file gets `created_at + ttl` from the
+        # moment it is registered (a re-run after a crash finds the file and keeps its first times).
+        now = time.time()
+        await self.files.register_existing(project, key, filename, BATCH_OUTPUT, size, file_id=file_id,
+                                           expires_at=None if ttl is None else int(now) + ttl, now=now)
 
     async def clean_up(self, doc: dict[str, Any]) -> bool:
         """`clean_up` for a terminal batch; False (logged) when it failed and is left to the sweep."""

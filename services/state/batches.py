@@ -17,7 +17,9 @@ Document fields (`_id` = `batch_<24 hex>`):
     project, status, endpoint, model, input_file_id, input {kind: "file"|"url", key, url, bytes},
     completion_window, created_at, expires_at, <status>_at, request_counts {total, completed, failed},
     usage (BatchUsage shape or None), errors (list of {code, message, param, line} or None),
-    output_file_id, error_file_id, metadata, chunks_total, outbox (pending CloudEvent dicts),
+    output_file_id, error_file_id, metadata, output_expires_after {anchor, seconds} (or None: the output
+    and error files never expire), retried_by (the newest retry's batch id), chunks_total,
+    outbox (pending CloudEvent dicts),
     dispatch_plan {model, chunks_total, requests, chunk_lines, chunk_max_bytes} (the validation pass's
     result, recorded before its chunks: a redelivered `batch.created` finishes from it), cleanup_pending,
     outbox_at (when the oldest pending event was pushed; absent when the outbox is empty),
@@ -105,6 +107,8 @@ def to_api(doc: Mapping[str, Any]) -> dict[str, Any]:
         "request_counts": doc.get("request_counts") or {},
         "usage": doc.get("usage"),
         "metadata": doc.get("metadata"),
+        "output_expires_after": doc.get("output_expires_after"),
+        "retried_by": doc.get("retried_by"),
     }
     for name in TIME_FIELDS:
         fields[name] = _seconds(doc.get(name))
@@ -122,11 +126,14 @@ def new_batch_document(
     metadata: Mapping[str, str] | None = None,
     model: str | None = None,
     batch_id: str | None = None,
+    output_expires_after: Mapping[str, Any] | None = None,
     now: float | None = None,
 ) -> Doc:
     """A new batch in `validating`, with its `batch.created` event already in the outbox.
 
     input: `{"kind": "file", "key": <S3 key>, "bytes": n}` or `{"kind": "url", "url": ...}`.
+    output_expires_after: `{"anchor": "created_at", "seconds": n}`, applied by finalize to the output
+    and error files (None: they never expire).
     """
     now = time.time() if now is None else now
     doc: Doc = {
@@ -146,6 +153,7 @@ def new_batch_document(
         "output_file_id": None,
         "error_file_id": None,
         "metadata": dict(metadata) if metadata is not None else None,
+        "output_expires_after": dict(output_expires_after) if output_expires_after is not None else None,
         "chunks_total": None,
         "updated_at": now,
         "rev": 0,

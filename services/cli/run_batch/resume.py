@@ -17,12 +17,12 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import orjson
 
 from schemas.jsonl import iter_file_lines
 from schemas.line_validation import LineIssue, ValidLine
+from schemas.retriable import is_retriable
 from services.cli.run_batch.errors import RunBatchError
 from services.inference.pipeline import PipelineStats
 
@@ -52,22 +52,6 @@ def cut_torn_tail(path: Path) -> int:
         if keep < size:
             f.truncate(keep)
         return size - keep
-
-
-# Error codes of lines that did not finish for a reason of their moment, not of the request: the
-# batch was cancelled or expired first, or the engine was down or failed. `--retry-failed` runs
-# them again; a request the validator or the model refused (any other code) would fail the same way.
-RETRIABLE_CODES = frozenset({"batch_cancelled", "batch_expired", "engine_unavailable", "engine_error"})
-# Answers that say "busy" or "broken right now" (timeouts, rate limits, any 5xx) rather than "bad request".
-RETRIABLE_STATUSES = frozenset({408, 429})
-
-
-def is_retriable(error: Any, response: Any) -> bool:
-    """Whether a failed line's outcome may differ if the same request is sent again."""
-    if isinstance(error, dict) and error.get("code") in RETRIABLE_CODES:
-        return True
-    status = response.get("status_code") if isinstance(response, dict) else None
-    return type(status) is int and (status in RETRIABLE_STATUSES or status >= 500)
 
 
 @dataclass(slots=True)
