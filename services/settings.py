@@ -135,6 +135,32 @@ class Settings(BaseSettings):
     # dispatchers, or one beside `offhours dev --port N`, never collide. Deployments set a fixed one.
     dispatcher_metrics_port: int = 0
 
+    # --- scheduling (docs/scheduling.md) ----------------------------------------------------
+    # Chunks admitted to a model's work topic per live worker beyond what it holds at once
+    # (worker_chunks_in_flight): the window is live workers x (worker_chunks_in_flight + this). Enough
+    # that a worker finishing a chunk finds the next one already waiting (a chunk is keyed to one
+    # partition, so the margin is per worker), few enough that a batch submitted later starts within
+    # about one chunk's time. The rest of every batch waits in the ledger.
+    scheduling_window_margin_chunks: int = 4
+    # A batch is "at risk" (ordered by deadline ahead of fair share, within its priority class) once its
+    # time left is under this many times what the model's whole queued backlog takes at its measured rate.
+    scheduling_deadline_safety: float = 1.5
+    # Seconds of settled results the model's measured rate (lines/s) is computed over.
+    scheduling_rate_window_seconds: float = 60.0
+    # Benchmarks only: the scheduler reads a batch's deadline as created_at + this x its window
+    # (1/3600 makes `24h` a 24-second deadline for ordering); expiry itself is unchanged.
+    scheduling_deadline_scale: float = 1.0
+    # Project settings are read from MongoDB at most this often per process (`offhours projects set`
+    # takes effect within it, without a restart).
+    project_settings_ttl_seconds: float = 5.0
+    # Defaults for every project without its own (`offhours projects set`): its share of a model
+    # (deficit round robin by lines), the highest `metadata.priority` it may ask for, and the requests
+    # it may have enqueued (not yet finished) per model (0 = no limit). Running batches:
+    # project_max_running_batches above.
+    project_default_weight: float = 1.0
+    project_default_max_priority: str = "normal"
+    project_default_max_enqueued: int = 0
+
     # --- worker -----------------------------------------------------------------------------
     worker_heartbeat_interval_seconds: float = 5.0
     # 0: an ephemeral port (logged), so several workers can share a host without configuration.

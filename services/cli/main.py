@@ -19,6 +19,7 @@ COMMANDS: tuple[str, ...] = (
     "services.cli.models_command",
     "services.cli.api_command",
     "services.cli.keys_command",
+    "services.cli.projects_command",
     "services.cli.dispatcher_command",
     "services.cli.worker_command",
     "services.cli.notifier_command",

@@ -1,5 +1,8 @@
 """The dispatcher: batch events in, work chunks out; results in, finished files out.
 
+Validated chunks wait in the ledger and are admitted to their model's work topic a window at a time,
+in priority, deadline and fair-share order (services/dispatcher/admission.py, docs/scheduling.md).
+
 Three loops share one process (docs/architecture.md):
 - events (`{prefix}.batch.events`, group `{prefix}-dispatcher`): `batch.created` -> validate + dispatch,
   `batch.cancelling` -> finalize once nothing is pending. Handled concurrently (validation passes
@@ -38,6 +41,7 @@ from events.bus import Consumer, Producer, consumer_options
 from events.topics import batch_events_topic, ensure_topics, work_results_topic, work_topic
 from schemas.openai_objects import TERMINAL_STATUSES
 from schemas.work import WorkChunk, WorkResult, chunk_id, input_object_key
+from services.dispatcher.admission import BATCH_FIELDS, Admission
 from services.dispatcher.finalize import OUTCOME_FIELD, Finalizer, Outcome
 from services.dispatcher.progress import ProgressThrottle
 from services.dispatcher.validate import InputLimits, PassResult, URLFetch, located, run_pass
@@ -48,6 +52,7 @@ from services.state.batches import CLEANUP_FIELD, BatchStore
 from services.state.files import FileStore
 from services.state.ledger import ChunkLedger, ChunkPlan
 from services.state.outbox import EventPublisher
+from services.state.projects import ProjectStore
 from services.state.workers import live_models
 from services.stores.s3 import ObjectStore
 
@@ -105,7 +110,12 @@ class Dispatcher:
         self.finalizer = Finalizer(batches=self.batches, ledger=self.ledger, store=store, files=files,
                                    publisher=self.publisher, max_line_bytes=settings.max_line_bytes)
         self.progress = ProgressThrottle(self._recompute_progress, settings.progress_interval_seconds)
-        self.metrics = DispatcherMetrics(registry or CollectorRegistry())
+        registry = registry or CollectorRegistry()
+        self.metrics = DispatcherMetrics(registry)
+        self.projects = ProjectStore(db, settings)
+        self.admission = Admission(settings, db=db, ledger=self.ledger, projects=self.projects,
+                                   publish=self._publish_chunks, registry=registry)
+        self._quotas_gauged_at = 0.0
         self._finalizing: dict[str, asyncio.Task[None]] = {}
         self._finalize_failed: set[str] = set()
         self._progress_seq: dict[str, int] = {}
@@ -144,7 +154,14 @@ class Dispatcher:
         if kind == "batch.created":
             await self.on_created(batch_id)
         else:
+            await self._on_cancelling(batch_id)
             await self.check_done(batch_id)
+
+    async def _on_cancelling(self, batch_id: str) -> None:
+        """A cancelling batch's chunks that were never admitted never ran: close them now, so the cancel
+        waits only for the chunks in flight."""
+        self.admission.forget(batch_id)
+        await self.ledger.abandon_queued(batch_id)
 
     async def on_created(self, batch_id: str) -> None:
         # One handler per batch at a time here: a redelivery racing the first delivery waits, then
@@ -170,10 +187,12 @@ class Dispatcher:
                         self._validating.discard(batch_id)
                     self.metrics.validation_seconds.observe(time.perf_counter() - started)
             elif doc["status"] == "in_progress":
-                # Redelivered after the CAS (we died before committing): re-send what is still pending, in
-                # case its messages were lost; duplicates only cost a skipped attempt.
-                pending = [_plan(c) for c in await self.ledger.chunks(batch_id, "pending")]
+                # Redelivered after the CAS (we died before committing): re-send what was admitted and is
+                # still pending, in case its messages were lost (duplicates only cost a skipped attempt);
+                # queue again what waits for admission.
+                pending = [_plan(c) for c in await self.ledger.admitted_pending(batch_id)]
                 await self._republish(doc, str(doc["model"]), pending, why="redelivered")
+                await self.admission.load(doc, str(doc["model"]))
 
     @contextlib.asynccontextmanager
     async def _held(self, table: dict[str, Any], key: str, make: Callable[[], Any]) -> Any:
@@ -294,8 +313,8 @@ class Dispatcher:
             log.info("batch %s left validating during its pass (%s); not dispatching",
                      batch_id, current and current["status"])
             return
-        await self.ledger.upsert(batch_id, result.chunks)
-        await self._publish_chunks(doc, model, result.chunks)
+        await self.ledger.upsert(batch_id, result.chunks, model=model, project=str(doc["project"]), admitted=False)
+        await self.admission.add(doc, model, [(c.index, c.line_count) for c in result.chunks])
         await self._enter_in_progress(batch_id, plan)
 
     async def _resume_dispatch(self, doc: dict[str, Any], plan: dict[str, Any]) -> None:
@@ -313,9 +332,11 @@ class Dispatcher:
                 await self._fail(batch_id, [located("input_unavailable", "the batch's input changed in storage",
                                                     param="input_file_id")], model=model)
                 return
-            await self.ledger.upsert(batch_id, result.chunks)
-        pending = [_plan(c) for c in await self.ledger.chunks(batch_id, "pending")]
+            await self.ledger.upsert(batch_id, result.chunks, model=model, project=str(doc["project"]),
+                                     admitted=False)
+        pending = [_plan(c) for c in await self.ledger.admitted_pending(batch_id)]
         await self._republish(doc, model, pending, why="redelivered")
+        await self.admission.load(doc, model)
         await self._enter_in_progress(batch_id, plan)
 
     async def _enter_in_progress(self, batch_id: str, plan: dict[str, Any]) -> None:
@@ -379,24 +400,31 @@ class Dispatcher:
         self.metrics.results.labels(result.outcome, str(won).lower()).inc()
         if settled is not None:
             self.progress.notify(result.batch_id)
-            if settled.seconds is not None and result.outcome == "done":
-                await self._observe(result.batch_id, settled.seconds)
+            model = await self._model_for(result.batch_id)
+            if model is not None:
+                if settled.seconds is not None and result.outcome == "done":
+                    self._observe(model, settled.seconds)
+                    self.admission.observe(model, result.succeeded + result.failed)
+                self.admission.kick(model)  # its window place is free: the next chunk goes out
         else:
             await self._drop_losing_parts(result)
         # Also when the CAS lost: a redelivered last result must still trigger a finalize that a
         # crash prevented the first time.
         await self.check_done(result.batch_id)
 
-    async def _observe(self, batch_id: str, seconds: float) -> None:
-        """Feed one chunk's publish-to-result time into its model's moving estimate."""
-        model = self._model_of.get(batch_id)
+    async def _model_for(self, batch_id: str) -> str | None:
+        model = self._model_of.get(batch_id) or self.admission.model_of(batch_id)
         if model is None:
             doc = await self.batches.get(batch_id)
             if doc is None or not doc.get("model"):
-                return
+                return None
             if len(self._model_of) >= _MAX_HANDLERS:  # batches finalized by another dispatcher never pop
                 self._model_of.clear()
             model = self._model_of[batch_id] = str(doc["model"])
+        return model
+
+    def _observe(self, model: str, seconds: float) -> None:
+        """Feed one chunk's publish-to-result time into its model's moving estimate."""
         old = self._chunk_seconds.get(model)
         self._chunk_seconds[model] = seconds if old is None else old + _ESTIMATE_WEIGHT * (seconds - old)
 
@@ -445,6 +473,7 @@ class Dispatcher:
             return
         self.progress.forget(batch_id)
         self._model_of.pop(batch_id, None)
+        self.admission.forget(batch_id)
         self._finalizing[batch_id] = asyncio.create_task(self._finalize(batch_id, outcome),
                                                          name=f"finalize:{batch_id}")
 
@@ -472,9 +501,12 @@ class Dispatcher:
         """Deadlines, orphaned finalizes, lost finalize triggers, lost chunks, left-over clean-ups, stale events."""
         now = time.time()
         fields = ("status", "created_at", "expires_at", "cancelling_at", "finalizing_at", "model", OUTCOME_FIELD,
-                  PLAN_FIELD)
+                  PLAN_FIELD, *BATCH_FIELDS)
+        running: set[str] = set()
         async for doc in self.batches.in_statuses(("validating", "in_progress", "cancelling", "finalizing"), fields):
             batch_id, status = doc["_id"], doc["status"]
+            if status in ("validating", "in_progress"):
+                running.add(batch_id)
             if batch_id in self._finalizing:
                 continue
             if status == "validating":
@@ -490,7 +522,11 @@ class Dispatcher:
                     self.start_finalize(batch_id, "expired")
                 else:
                     await self._republish_lost(batch_id, doc.get("model"), now)
+                    if doc.get("model") and not self.admission.knows(batch_id):
+                        # Validated by another dispatcher, or before a restart: queue what waits in the ledger.
+                        await self.admission.load(doc, str(doc["model"]))
             elif status == "cancelling":
+                await self._on_cancelling(batch_id)
                 timed_out = (doc.get("cancelling_at") or now) + self.settings.cancel_timeout_seconds <= now
                 if timed_out or not await self.ledger.count_pending(batch_id):
                     self.start_finalize(batch_id, "cancelled")
@@ -498,6 +534,12 @@ class Dispatcher:
                 stale = (doc.get("finalizing_at") or 0) + self.settings.finalize_stale_seconds <= now
                 if first or stale or batch_id in self._finalize_failed:
                     self.start_finalize(batch_id, doc.get(OUTCOME_FIELD) or "completed")
+        self.admission.prune(running)
+        for model in self.admission.models():
+            self.admission.kick(model)  # places freed by results another dispatcher counted
+        if now - self._quotas_gauged_at >= max(self.settings.sweep_interval_seconds, 5.0):
+            self._quotas_gauged_at = now
+            await self.admission.gauge_quotas()
         for doc in await self.batches.with_pending_cleanup():
             if doc["_id"] not in self._finalizing:  # a finalize running here cleans up itself
                 await self.finalizer.clean_up(doc)
@@ -572,6 +614,7 @@ class Dispatcher:
             await self.close()
 
     async def close(self) -> None:
+        await self.admission.close()
         await self.progress.close()
         tasks = list(self._finalizing.values())
         for task in tasks:

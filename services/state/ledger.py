@@ -4,9 +4,13 @@ It is what makes at-least-once delivery safe (docs/architecture.md): a chunk lea
 exactly once, by compare-and-set, and only the attempt that won that CAS is ever read back into
 the output files. A redelivered or late result loses the CAS and changes nothing.
 
-    _id: "<batch_id>:<index>"   batch_id, index, start, end, first_line, line_count
+    _id: "<batch_id>:<index>"   batch_id, index, start, end, first_line, line_count, model, project
     status: pending -> done | skipped | abandoned
-    published_at: when its work message was last sent (publish and every re-publication)
+    admitted: False while the chunk waits in the ledger for the scheduler (docs/scheduling.md); set
+        True by the compare-and-set that admits it, whose winner alone publishes its work message.
+        A document without the field (written before admission existed) counts as admitted.
+    admitted_at, published_at: when it was admitted; when its work message was last sent (admission
+        and every re-publication). Only admitted chunks can be "lost"; a queued one is just waiting.
     attempt, output_key, error_key, succeeded, failed, input_tokens, output_tokens, worker,
     finished_at (once done)
 
@@ -72,20 +76,26 @@ class ChunkLedger:
         await self._collection.create_indexes([
             IndexModel([("batch_id", ASCENDING), ("index", ASCENDING)]),
             IndexModel([("batch_id", ASCENDING), ("status", ASCENDING)]),
+            IndexModel([("model", ASCENDING), ("status", ASCENDING), ("admitted", ASCENDING)]),
         ])
 
-    async def upsert(self, batch_id: str, chunks: Sequence[ChunkPlan]) -> None:
-        """Create the chunks as `pending`; an existing chunk (a re-run of the same pass) is left as it is."""
+    async def upsert(self, batch_id: str, chunks: Sequence[ChunkPlan], *, model: str | None = None,
+                     project: str | None = None, admitted: bool = True) -> None:
+        """Create the chunks as `pending`; an existing chunk (a re-run of the same pass) is left as it is.
+
+        `admitted=False`: they wait for the scheduler (`admit`) instead of counting as published now."""
         if not chunks:
             return
         now = time.time()
+        stamps: dict[str, Any] = {"admitted": True, "admitted_at": now, "published_at": now} if admitted else {
+            "admitted": False}
         ops = [
             UpdateOne(
                 {"_id": chunk_id(batch_id, c.index)},
                 {"$setOnInsert": {
                     "batch_id": batch_id, "index": c.index, "start": c.start, "end": c.end,
                     "first_line": c.first_line, "line_count": c.line_count, "status": PENDING,
-                    "created_at": now, "published_at": now,
+                    "model": model, "project": project, "created_at": now, **stamps,
                 }},
                 upsert=True,
             )
@@ -110,14 +120,50 @@ class ChunkLedger:
         return await self._collection.count_documents({"batch_id": batch_id, "status": PENDING})
 
     async def pending_published_before(self, batch_id: str, cutoff: float) -> list[dict[str, Any]]:
-        """The batch's pending chunks last published before `cutoff` (epoch seconds), in input order."""
+        """The batch's admitted pending chunks last published before `cutoff` (epoch seconds), in input order."""
         return await self._collection.find(
-            {"batch_id": batch_id, "status": PENDING, "published_at": {"$lt": cutoff}}
+            {"batch_id": batch_id, "status": PENDING, "admitted": {"$ne": False}, "published_at": {"$lt": cutoff}}
         ).sort("index", ASCENDING).to_list(None)
 
+    async def admitted_pending(self, batch_id: str) -> list[dict[str, Any]]:
+        """The batch's chunks that were admitted (published) and have no counted result, in input order."""
+        return await self._collection.find(
+            {"batch_id": batch_id, "status": PENDING, "admitted": {"$ne": False}}
+        ).sort("index", ASCENDING).to_list(None)
+
+    async def queued(self, batch_id: str) -> list[dict[str, Any]]:
+        """The batch's chunks waiting for admission, in input order (index and line count only)."""
+        return await self._collection.find(
+            {"batch_id": batch_id, "status": PENDING, "admitted": False}, {"index": 1, "line_count": 1},
+        ).sort("index", ASCENDING).to_list(None)
+
+    async def in_flight(self, model: str) -> list[dict[str, Any]]:
+        """The model's admitted chunks without a counted result (the scheduler's window), with their project."""
+        return await self._collection.find(
+            {"model": model, "status": PENDING, "admitted": True}, {"project": 1, "batch_id": 1},
+        ).to_list(None)
+
+    async def admit(self, batch_id: str, index: int) -> dict[str, Any] | None:
+        """CAS a queued chunk to admitted (stamping admitted_at and published_at); the chunk if this call
+        won, None if another dispatcher admitted it first or it left `pending` (cancel, expiry)."""
+        now = time.time()
+        return await self._collection.find_one_and_update(
+            {"_id": chunk_id(batch_id, index), "status": PENDING, "admitted": False},
+            {"$set": {"admitted": True, "admitted_at": now, "published_at": now}},
+            return_document=ReturnDocument.AFTER,
+        )
+
+    async def abandon_queued(self, batch_id: str) -> int:
+        """Close the batch's chunks that were never admitted (a cancel): they never ran, so nothing waits on them."""
+        res = await self._collection.update_many(
+            {"batch_id": batch_id, "status": PENDING, "admitted": False},
+            {"$set": {"status": "abandoned", "finished_at": time.time()}},
+        )
+        return res.modified_count
+
     async def mark_published(self, batch_id: str, indexes: Sequence[int] | None = None) -> None:
-        """Stamp `published_at` = now on the batch's pending chunks (all of them, or these indexes)."""
-        query: dict[str, Any] = {"batch_id": batch_id, "status": PENDING}
+        """Stamp `published_at` = now on the batch's admitted pending chunks (all of them, or these indexes)."""
+        query: dict[str, Any] = {"batch_id": batch_id, "status": PENDING, "admitted": {"$ne": False}}
         update = {"$set": {"published_at": time.time()}}
         if indexes is None:
             await self._collection.update_many(query, update)
