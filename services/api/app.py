@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterable
 from aiohttp import web
 
 from services.batches.app import setup_batches
+from services.console.app import setup_console
 from services.files.app import setup_files
 from services.http.service import create_service_app
 from services.notifier.routes import setup_webhooks
@@ -24,6 +25,8 @@ APIS: dict[str, Mounter] = {
     "files": setup_files,
     "batches": setup_batches,
     "webhooks": setup_webhooks,
+    # The web console at `/`: a browser client of the APIs above, plus its live event stream.
+    "console": setup_console,
 }
 MOUNTERS: tuple[Mounter, ...] = tuple(APIS.values())
 
