@@ -18,11 +18,13 @@ from services.batches.handlers import add_batch_routes
 from services.batches.models_route import add_model_routes
 from services.batches.retry import add_retry_route
 from services.http.health import add_health_check
+from services.http.metrics import METRICS_KEY
 from services.http.service import DB_KEY, OBJECTS_KEY, SETTINGS_KEY, create_service_app
 from services.settings import Settings
 from services.state.batches import BatchStore
 from services.state.files import FileStore
 from services.state.outbox import EventPublisher
+from services.state.projects import ProjectStore
 
 
 async def _batches_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -41,8 +43,9 @@ async def _batches_ctx(app: web.Application) -> AsyncIterator[None]:
             store=store,
             files=FileStore(db, objects),
             objects=objects,
-            publisher=EventPublisher(store, producer, settings),
+            publisher=EventPublisher(store, producer, settings, registry=app[METRICS_KEY].registry),
             limited_models=limited_models,
+            projects=ProjectStore(db, settings),
         )
         yield
     finally:

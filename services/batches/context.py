@@ -12,6 +12,7 @@ from services.settings import Settings
 from services.state.batches import BatchStore
 from services.state.files import FileStore
 from services.state.outbox import EventPublisher
+from services.state.projects import ProjectStore
 from services.stores.s3 import ObjectStore
 
 
@@ -41,6 +42,7 @@ class BatchesContext:
     objects: ObjectStore
     publisher: EventPublisher
     limited_models: LimitedModels
+    projects: ProjectStore  # per-project limits and quotas, set by the operator (offhours projects)
 
 
 BATCHES_KEY = web.AppKey("batches", BatchesContext)

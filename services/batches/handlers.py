@@ -94,7 +94,7 @@ async def _input_of(
     except ObjectNotFound:
         # Visible but its bytes are gone: it is being deleted right now.
         raise _file_missing(record.id) from None
-    return {"kind": "file", "key": record.key, "bytes": record.bytes}, model
+    return {"kind": "file", "key": record.key, "bytes": record.bytes, "lines": record.lines}, model
 
 
 async def _check_callback_url(ctx: BatchesContext, req: CreateBatchRequest) -> None:
@@ -186,8 +186,15 @@ async def _create_pinned(ctx: BatchesContext, project: str, req: CreateBatchRequ
     if (is_limited and model is not None
             and await ctx.store.count_running(project, model) > settings.test_model_max_running):
         refusal = _too_many_running(settings.test_model_max_running, f"{model} batches", "test_model_max_running")
-    if refusal is None and await ctx.store.count_running(project) > settings.project_max_running_batches:
-        refusal = _too_many_running(settings.project_max_running_batches, "batches", "project_max_running_batches")
+    limits = await ctx.projects.get(project)
+    if refusal is None and await ctx.store.count_running(project) > limits.max_running:
+        refusal = _too_many_running(limits.max_running, "batches",
+                                    "the project's max_running, default project_max_running_batches")
+    if refusal is None:
+        # The new batch counts nothing yet (it is still validating without a plan): `lines` is its share.
+        problem = await ctx.projects.quota_problem(project, model, int(input_ref.get("lines") or 0))
+        if problem is not None:
+            refusal = APIError(429, f"Too many requests enqueued: {problem}.", code="too_many_enqueued_requests")
     if refusal is not None:
         await ctx.store.delete(doc["_id"])
         raise refusal

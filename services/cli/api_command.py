@@ -25,7 +25,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--only",
         default=None,
         metavar="API[,API]",
-        help="serve only these APIs (files, batches, webhooks), e.g. to run them as separate processes",
+        help="serve only these APIs (files, batches, webhooks, console), e.g. to run them as separate processes",
     )
     parser.set_defaults(func=_run)
 

@@ -106,11 +106,11 @@ class Dispatcher:
         self.producer = producer
         self.batches = BatchStore(db)
         self.ledger = ChunkLedger(db)
-        self.publisher = EventPublisher(self.batches, producer, settings)
+        registry = registry or CollectorRegistry()
+        self.publisher = EventPublisher(self.batches, producer, settings, registry=registry)
         self.finalizer = Finalizer(batches=self.batches, ledger=self.ledger, store=store, files=files,
                                    publisher=self.publisher, max_line_bytes=settings.max_line_bytes)
         self.progress = ProgressThrottle(self._recompute_progress, settings.progress_interval_seconds)
-        registry = registry or CollectorRegistry()
         self.metrics = DispatcherMetrics(registry)
         self.projects = ProjectStore(db, settings)
         self.admission = Admission(settings, db=db, ledger=self.ledger, projects=self.projects,

@@ -226,6 +226,7 @@ class UploadForm:
         record = await self.store.finish_upload(
             streamed.pending, purpose=upload.purpose, size=streamed.size,
             expires_at=self._expires_at(upload, streamed.pending.created_at),
+            lines=streamed.shape.lines if upload.purpose == "batch" and streamed.shape is not None else None,
         )
         if record is None:
             raise APIError(500, "The upload took too long and was discarded; please retry.", type="server_error")

@@ -68,6 +68,7 @@ class FileRecord:
     created_at: int
     expires_at: int | None
     key: str
+    lines: int | None = None  # request lines of a `batch` upload (counted while it streamed)
 
     @classmethod
     def from_doc(cls, doc: Doc) -> FileRecord:
@@ -80,6 +81,7 @@ class FileRecord:
             created_at=int(doc["created_at"]),
             expires_at=None if doc.get("expires_at") is None else int(doc["expires_at"]),
             key=doc["key"],
+            lines=None if doc.get("lines") is None else int(doc["lines"]),
         )
 
     def to_api(self) -> dict[str, Any]:
@@ -178,7 +180,8 @@ class FileStore:
         return pending
 
     async def finish_upload(
-        self, pending: PendingUpload, *, purpose: str, size: int, expires_at: int | None, now: float | None = None
+        self, pending: PendingUpload, *, purpose: str, size: int, expires_at: int | None, now: float | None = None,
+        lines: int | None = None,
     ) -> FileRecord | None:
         """Make a completed upload visible. None if the sweeper already reclaimed it as stale."""
         doc = await self._collection.find_one_and_update(
@@ -188,6 +191,7 @@ class FileStore:
                 "purpose": purpose,
                 "bytes": size,
                 "expires_at": expires_at,
+                "lines": lines,
                 "updated_at": time.time() if now is None else now,
             }},
             return_document=ReturnDocument.AFTER,

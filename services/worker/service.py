@@ -74,6 +74,9 @@ class WorkerMetrics:
         self.chunk_seconds = Histogram("offhours_worker_chunk_seconds", "Time to run one chunk.", registry=registry,
                                        buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900))
         self.running = Gauge("offhours_worker_chunks_running", "Chunks being run now.", registry=registry)
+        self.engine_limit = Gauge("offhours_worker_engine_concurrency_limit",
+                                  "Requests the engine lets be in flight now (adaptive for upstream engines).",
+                                  registry=registry)
         self.line_failures = Counter("offhours_worker_line_failures", "Failed request lines, by error code.",
                                      ("code",), registry=registry)
         self.chunk_retries = Counter("offhours_worker_chunk_retries", "Chunk tries that failed and were "
@@ -138,6 +141,9 @@ class Worker:
         self.batches = BatchStore(db)
         self.ledger = ChunkLedger(db)
         self.metrics = WorkerMetrics(registry or CollectorRegistry())
+        # An adaptive engine (upstream) lowers this while its server is busy with other traffic.
+        self.metrics.engine_limit.set_function(
+            lambda: float(getattr(engine, "concurrency_limit", engine.max_concurrency)))
         self.results_topic = work_results_topic(settings)
         self.chunks_done = 0
         self.in_hand: set[str] = set()  # chunk ids being run, for the heartbeat

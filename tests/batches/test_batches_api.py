@@ -91,7 +91,7 @@ async def test_model_comes_from_the_first_non_blank_line(api: Api) -> None:
          "invalid_value"),
         ({"input_file_id": "https://", "endpoint": "/v1/chat/completions", "completion_window": "24h"},
          "input_file_id", "invalid_value"),
-        ({"input_file_id": "F", "endpoint": "/v1/responses", "completion_window": "24h"}, "endpoint", "invalid_value"),
+        ({"input_file_id": "F", "endpoint": "/v1/images/generations", "completion_window": "24h"}, "endpoint", "invalid_value"),
         ({"input_file_id": "F", "endpoint": "/v1/chat/completions", "completion_window": 24}, "completion_window",
          "invalid_value"),
         ({"input_file_id": "F", "endpoint": "/v1/chat/completions", "completion_window": "24h",

@@ -8,6 +8,7 @@ from typing import Any
 import orjson
 
 from schemas.openai_objects import BATCH_OBJECT_MAX_BYTES
+from services.state.projects import ProjectStore
 from tests.support.api import Api, MakeApi
 from tests.support.lines import CHAT, chat_line, jsonl, request_lines
 from tests.support.stack import Stack
@@ -137,3 +138,41 @@ async def test_five_megabyte_strings_in_bad_lines(stack: Stack, make_api: MakeAp
     )
     done = await stack.wait_status(after.id)
     assert done["status"] == "completed" and done["request_counts"]["completed"] == 5
+
+
+async def test_enqueued_requests_quota_is_a_429_and_is_given_back(make_api: MakeApi) -> None:
+    """The operator's max_enqueued (offhours projects set) holds at create, counted in request lines."""
+    api = await make_api()
+    key, project = await api.key()
+    projects = ProjectStore(api.db, api.settings)
+    await projects.set(project, max_enqueued=5)
+    client = api.client(key)
+    three = await client.files.create(file=("three.jsonl", request_lines(3, model="null-model")), purpose="batch")
+    first = await _create(api, key, three.id)
+    assert first[0] == 200, first
+    # Planned by the dispatcher: 3 of 5 enqueued; 3 more would be 6.
+    await api.store.update_fields(first[1]["id"], {"dispatch_plan": {"requests": 3, "model": "null-model"}})
+    status, body = await _create(api, key, three.id)
+    assert status == 429 and body["error"]["code"] == "too_many_enqueued_requests", body
+    assert "max_enqueued" in body["error"]["message"] and "5" in body["error"]["message"]
+    # Another project is not held to it.
+    other_key, _ = await api.key()
+    other_file = await api.client(other_key).files.create(file=("o.jsonl", request_lines(3, model="null-model")),
+                                                          purpose="batch")
+    assert (await _create(api, other_key, other_file.id))[0] == 200
+    # Lines that finish give the quota back.
+    await api.store.transition(first[1]["id"], "validating", "in_progress",
+                               set={"request_counts": {"total": 3, "completed": 3, "failed": 0}})
+    status, body = await _create(api, key, three.id)
+    assert status == 200, body
+
+
+async def test_a_projects_own_max_running_replaces_the_default(make_api: MakeApi) -> None:
+    api = await make_api(project_max_running_batches=5)
+    key, project = await api.key()
+    await ProjectStore(api.db, api.settings).set(project, max_running=1)
+    file_id = await api.add_file(project, request_lines(1, model="null-model"))
+    assert (await _create(api, key, file_id))[0] == 200
+    status, body = await _create(api, key, file_id)
+    assert status == 429 and body["error"]["code"] == "too_many_running_batches"
+    assert " 1 " in body["error"]["message"]

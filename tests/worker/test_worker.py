@@ -99,3 +99,18 @@ async def test_heartbeat_makes_the_model_live_and_removal_forgets_it(stack: Stac
     assert doc["stats"] == {"partitions": [0, 1]} and doc["pid"] > 0
     await hb.remove()
     assert "null-model" not in await live_models(stack.db)
+
+
+async def test_the_engines_concurrency_limit_is_a_gauge(stack: Stack) -> None:
+    """Operators see an upstream engine backing off (its adaptive limit) on the worker's /metrics."""
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from services.inference.engines.upstream import UpstreamEngine
+
+    engine = UpstreamEngine("shared-model", base_url="http://127.0.0.1:9/v1", max_concurrency=12)
+    registry = CollectorRegistry()
+    Worker(stack.settings, engine, db=stack.db, store=stack.store, producer=stack.producer, worker_id="w-gauge",
+           registry=registry)
+    assert b"offhours_worker_engine_concurrency_limit 12.0" in generate_latest(registry)
+    engine._limiter.resize(3)  # what a run of 429s does to it
+    assert b"offhours_worker_engine_concurrency_limit 3.0" in generate_latest(registry)
