@@ -19,7 +19,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Gauge
 from pymongo.asynchronous.database import AsyncDatabase
 
-from services.state.batches import ACTIVE_STATUSES, BATCHES_COLLECTION
+from services.state.batches import ACTIVE_STATUSES, BatchStore
 from services.state.workers import live_models
 
 log = logging.getLogger(__name__)
@@ -33,6 +33,7 @@ _SCAN_LIMIT = 100_000
 class FleetMetrics:
     def __init__(self, registry: CollectorRegistry, db: AsyncDatabase[Any], liveness_seconds: float) -> None:
         self._db = db
+        self._batches = BatchStore(db)
         self._liveness = liveness_seconds
         self._models_seen: set[str] = set()
         self.active = Gauge(
@@ -66,12 +67,8 @@ class FleetMetrics:
         now = time.time()
         counts = dict.fromkeys(ACTIVE_STATUSES, 0)
         oldest = dict.fromkeys(ACTIVE_STATUSES, now)
-        cursor = (
-            self._db[BATCHES_COLLECTION]
-            .find({"status": {"$in": list(ACTIVE_STATUSES)}}, {"status": 1, "updated_at": 1, "created_at": 1})
-            .limit(_SCAN_LIMIT)
-        )
-        async for doc in cursor:
+        fields = ("status", "updated_at", "created_at")
+        async for doc in self._batches.in_statuses(ACTIVE_STATUSES, fields, limit=_SCAN_LIMIT):
             status = doc.get("status")
             if status not in counts:
                 continue

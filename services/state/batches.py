@@ -283,9 +283,18 @@ class BatchStore:
         cursor = self._collection.find({"_id": {"$in": list(batch_ids)}}, {"project": 1})
         return {doc["_id"]: str(doc["project"]) async for doc in cursor}
 
-    async def in_statuses(self, statuses: Collection[str], fields: Collection[str]) -> AsyncIterator[Doc]:
-        """Every batch in one of `statuses`, with only `fields` (the dispatcher's sweep)."""
-        async for doc in self._collection.find({"status": {"$in": _statuses(statuses)}}, dict.fromkeys(fields, 1)):
+    async def in_statuses(
+        self, statuses: Collection[str], fields: Collection[str], *, project: str | None = None,
+        model: str | None = None, limit: int = 0,
+    ) -> AsyncIterator[Doc]:
+        """Every batch in one of `statuses` (of `project` and `model`, when given), with only `fields`:
+        the dispatcher's sweep, quota arithmetic, the fleet gauges."""
+        query: dict[str, Any] = {"status": {"$in": _statuses(statuses)}}
+        if project is not None:
+            query["project"] = project
+        if model is not None:
+            query["model"] = model
+        async for doc in self._collection.find(query, dict.fromkeys(fields, 1)).limit(limit):
             yield doc
 
     async def count_running(self, project: str, model: str | None = None) -> int:

@@ -25,14 +25,14 @@ from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 
 from services.settings import Settings
+from services.state.batches import ACTIVE_STATUSES, BatchStore
 
 PROJECTS_COLLECTION = "projects"
-BATCHES_COLLECTION = "batches"  # read only, for quota use (the batch store owns it)
 # Highest first: the order of admission between priority classes.
 PRIORITIES: tuple[str, ...] = ("high", "normal", "low")
 DEFAULT_PRIORITY = "normal"
-_ACTIVE = ("validating", "in_progress", "finalizing", "cancelling")
 _FIELDS = ("weight", "max_priority", "max_enqueued", "max_running")
+_QUOTA_FIELDS = ("status", "request_counts", "dispatch_plan")
 
 
 def priority_rank(priority: str) -> int:
@@ -76,7 +76,7 @@ class ProjectSettings:
 class ProjectStore:
     def __init__(self, db: AsyncDatabase[Any], settings: Settings) -> None:
         self._collection: AsyncCollection[Any] = db[PROJECTS_COLLECTION]
-        self._batches: AsyncCollection[Any] = db[BATCHES_COLLECTION]
+        self._batches = BatchStore(db)  # read only, for quota use
         self._settings = settings
         self._cache: dict[str, tuple[float, ProjectSettings]] = {}
 
@@ -146,19 +146,15 @@ class ProjectStore:
 
     async def enqueued(self, project: str, model: str | None = None) -> int:
         """Requests of the project (on `model`, when given) in batches not terminal yet and not finished."""
-        query: dict[str, Any] = {"project": project, "status": {"$in": list(_ACTIVE)}}
-        if model is not None:
-            query["model"] = model
         total = 0
-        async for doc in self._batches.find(query, {"status": 1, "request_counts": 1, "dispatch_plan": 1}):
+        async for doc in self._batches.in_statuses(ACTIVE_STATUSES, _QUOTA_FIELDS, project=project, model=model):
             total += _unfinished(doc)
         return total
 
     async def enqueued_by_model(self) -> dict[tuple[str, str], int]:
         """(project, model) -> enqueued requests, over every batch not terminal yet (the quota gauges)."""
         out: dict[tuple[str, str], int] = {}
-        fields = {"project": 1, "model": 1, "status": 1, "request_counts": 1, "dispatch_plan": 1}
-        async for doc in self._batches.find({"status": {"$in": list(_ACTIVE)}}, fields):
+        async for doc in self._batches.in_statuses(ACTIVE_STATUSES, ("project", "model", *_QUOTA_FIELDS)):
             model = doc.get("model") or (doc.get("dispatch_plan") or {}).get("model")
             if not model:
                 continue
