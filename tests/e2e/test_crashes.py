@@ -55,7 +55,13 @@ async def test_worker_sigkilled_mid_chunk_is_redone_by_its_successor(
     stack = await make_stack(workers=(GATED,), worker_chunks_in_flight=1)
     client, batch_id = await gated_batch_mid_run(stack, upstream)
     killed = stack.workers[0]
-    done_before = [c["index"] for c in await stack.ledger.chunks(batch_id) if c["status"] == "done"]
+
+    async def counted() -> list[int]:
+        return [c["index"] for c in await stack.ledger.chunks(batch_id) if c["status"] == "done"]
+
+    # Chunk one's result is published before chunk two's requests are sent; the dispatcher counts it a
+    # moment later.
+    done_before = await wait_for(counted, what="chunk one counted")
     killed.kill()  # mid-chunk: its requests are in flight, nothing was committed for that chunk
     await upstream.release_all()
     successor = await stack.start_worker(GATED)
