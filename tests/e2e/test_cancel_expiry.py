@@ -10,6 +10,7 @@ import re
 from tests.support.lines import CHAT, chat_line, jsonl
 from tests.support.models import GATED
 from tests.support.processes import (
+    WHOLE_BATCH,
     MakeStack,
     ServiceStack,
     assert_exactly_once,
@@ -59,7 +60,8 @@ async def refused_done_results(stack: ServiceStack) -> float:
 async def test_cancel_mid_run_drains_in_flight_work_and_keeps_partial_output(
     make_stack: MakeStack, upstream: GatedUpstream
 ) -> None:
-    stack = await make_stack(workers=(GATED,), worker_chunks_in_flight=1)
+    stack = await make_stack(workers=(GATED,), worker_chunks_in_flight=1,
+                             scheduling_window_margin_chunks=WHOLE_BATCH)
     client, batch_id = await start_gated_batch(stack, upstream)
 
     cancelling = await client.batches.cancel(batch_id)
@@ -88,7 +90,8 @@ async def _ledger_gone(stack: ServiceStack, batch_id: str) -> bool:
 
 
 async def test_cancel_racing_completion_has_one_winner(make_stack: MakeStack, upstream: GatedUpstream) -> None:
-    stack = await make_stack(workers=(GATED,), worker_chunks_in_flight=1)
+    stack = await make_stack(workers=(GATED,), worker_chunks_in_flight=1,
+                             scheduling_window_margin_chunks=WHOLE_BATCH)
     client, batch_id = await start_gated_batch(stack, upstream)
     await upstream.release_all()
     # Cancel while the last chunks finish: whichever CAS wins, the batch ends in one consistent state.
@@ -108,7 +111,8 @@ async def test_cancel_racing_completion_has_one_winner(make_stack: MakeStack, up
 
 
 async def test_expiry_keeps_finished_lines_and_fails_the_rest(make_stack: MakeStack, upstream: GatedUpstream) -> None:
-    stack = await make_stack(workers=(GATED,), worker_chunks_in_flight=1, batch_window_override_seconds=6.0)
+    stack = await make_stack(workers=(GATED,), worker_chunks_in_flight=1,
+                             scheduling_window_margin_chunks=WHOLE_BATCH, batch_window_override_seconds=6.0)
     client, batch_id = await start_gated_batch(stack, upstream)
 
     batch = await wait_status(client, batch_id, timeout_s=60)

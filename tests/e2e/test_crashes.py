@@ -13,6 +13,7 @@ from tests.support.lines import CHAT, chat_line, jsonl
 from tests.support.metrics import worker_chunk_counts
 from tests.support.models import GATED
 from tests.support.processes import (
+    WHOLE_BATCH,
     MakeStack,
     ServiceStack,
     assert_exactly_once,
@@ -52,7 +53,8 @@ async def check_complete(client: Any, batch_id: str, ids: list[str]) -> Any:
 async def test_worker_sigkilled_mid_chunk_is_redone_by_its_successor(
     make_stack: MakeStack, upstream: GatedUpstream
 ) -> None:
-    stack = await make_stack(workers=(GATED,), worker_chunks_in_flight=1)
+    stack = await make_stack(workers=(GATED,), worker_chunks_in_flight=1,
+                             scheduling_window_margin_chunks=WHOLE_BATCH)
     client, batch_id = await gated_batch_mid_run(stack, upstream)
     killed = stack.workers[0]
 
@@ -78,7 +80,8 @@ async def test_worker_sigkilled_mid_chunk_is_redone_by_its_successor(
 async def test_dispatcher_sigkilled_mid_batch_recovers_on_restart(
     make_stack: MakeStack, upstream: GatedUpstream
 ) -> None:
-    stack = await make_stack(workers=(GATED,), worker_chunks_in_flight=1)
+    stack = await make_stack(workers=(GATED,), worker_chunks_in_flight=1,
+                             scheduling_window_margin_chunks=WHOLE_BATCH)
     client, batch_id = await gated_batch_mid_run(stack, upstream)
     assert stack.dispatcher is not None
     stack.dispatcher.kill()
@@ -112,7 +115,8 @@ async def test_dispatcher_sigkilled_during_validation_recovers(make_stack: MakeS
 
 
 async def test_two_workers_share_one_batch(make_stack: MakeStack) -> None:
-    stack = await make_stack(workers=("null-model", "null-model"), chunk_lines={"null_model": 100})
+    stack = await make_stack(workers=("null-model", "null-model"), chunk_lines={"null_model": 100},
+                             scheduling_window_margin_chunks=WHOLE_BATCH)
     # Wait until the group has settled with both members owning partitions.
     owned: list[set[int]] = []
 
@@ -135,7 +139,8 @@ async def test_two_workers_share_one_batch(make_stack: MakeStack) -> None:
 async def test_worker_sigterm_finishes_the_chunk_in_hand_and_takes_no_more(
     make_stack: MakeStack, upstream: GatedUpstream
 ) -> None:
-    stack = await make_stack(workers=(GATED,), worker_chunks_in_flight=1)
+    stack = await make_stack(workers=(GATED,), worker_chunks_in_flight=1,
+                             scheduling_window_margin_chunks=WHOLE_BATCH)
     client, batch_id = await gated_batch_mid_run(stack, upstream)
     leaving = stack.workers[0]
     leaving.signal(signal.SIGTERM)

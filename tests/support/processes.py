@@ -129,3 +129,8 @@ def assert_exactly_once(output: list[dict[str, Any]], errors: list[dict[str, Any
     assert sorted(seen) == sorted(expected), (
         f"missing {sorted(set(expected) - set(seen))[:10]}, unexpected {sorted(set(seen) - set(expected))[:10]}"
     )
+
+
+# Crash and cancel tests reason about a batch whose every chunk is in Kafka at once (admission would
+# otherwise keep most of a small batch in the ledger): `scheduling_window_margin_chunks` above their size.
+WHOLE_BATCH = 64
