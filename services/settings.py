@@ -141,7 +141,7 @@ class Settings(BaseSettings):
     # that a worker finishing a chunk finds the next one already waiting (a chunk is keyed to one
     # partition, so the margin is per worker), few enough that a batch submitted later starts within
     # about one chunk's time. The rest of every batch waits in the ledger.
-    scheduling_window_margin_chunks: int = 2
+    scheduling_window_margin_chunks: int = 1
     # A batch is "at risk" (ordered by deadline ahead of fair share, within its priority class) once its
     # time left is under this many times what the model's whole queued backlog takes at its measured rate.
     scheduling_deadline_safety: float = 1.5
