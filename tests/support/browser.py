@@ -42,7 +42,7 @@ def ensure_chromium() -> str:
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     steps = [
         [*sudo, "apt-get", *lock, "update"],
-        [*sudo, "apt-get", *lock, "install", "-y", "--no-install-recommends", "chromium"],
+        [*sudo, "apt-get", *lock, "install", "-y", "chromium"],
     ]
     for step in steps:
         try:
