@@ -171,7 +171,8 @@ class ProjectStore:
         used = await self.enqueued(project, model)
         if used + max(0, new_requests) <= limits.max_enqueued and (new_requests > 0 or used < limits.max_enqueued):
             return None
-        return (f"project {project!r} has {used} requests enqueued on model {model!r}; its limit is "
+        adds = f", and this batch adds {new_requests}" if new_requests > 0 else ""
+        return (f"project {project!r} has {used} requests enqueued on model {model!r}{adds}; its limit is "
                 f"{limits.max_enqueued} (max_enqueued). Wait for running batches to finish, or ask the operator "
                 f"to raise it")
 
