@@ -29,8 +29,7 @@ from aiohttp import web
 
 from services.console.fleet import FleetMetrics
 from services.console.hub import CLOSED, RESYNC, EventHub, Subscription
-from services.http.auth import API_KEY_STORE_KEY, KEY_PREFIX, PROJECT_KEY, bearer_token, key_hint
-from services.http.errors import unauthorized
+from services.http.auth import authenticate
 from services.http.health import add_health_check
 from services.http.metrics import METRICS_KEY
 from services.http.service import DB_KEY, SETTINGS_KEY
@@ -132,23 +131,6 @@ async def static_file(request: web.Request) -> web.Response:
     return _asset_response(request, request.match_info["name"])
 
 
-async def _authenticate(request: web.Request) -> str:
-    """The project of the bearer key, answered exactly like the `/v1` routes' auth (401, same body)."""
-    token = bearer_token(request)
-    if token is None:
-        raise unauthorized(
-            "You didn't provide an API key. You need to provide your API key in an Authorization "
-            "header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY)."
-        )
-    project = None
-    if token.startswith(KEY_PREFIX) and len(token) <= 256:
-        project = await request.app[API_KEY_STORE_KEY].resolve(token)
-    if project is None:
-        raise unauthorized(f"Incorrect API key provided: {key_hint(token) if len(token) > 12 else '***'}.")
-    request[PROJECT_KEY] = project  # the access log line names the project, as for /v1
-    return project
-
-
 def _sse(event: str, data: object, event_id: str | None = None) -> bytes:
     head = f"id: {event_id}\n" if event_id else ""
     # orjson never emits a raw newline, so the data is one `data:` line.
@@ -158,7 +140,7 @@ def _sse(event: str, data: object, event_id: str | None = None) -> bytes:
 async def events_stream(request: web.Request) -> web.StreamResponse:
     """`text/event-stream` of the project's batch events: `ready` first, then `batch` (the CloudEvent),
     `resync` when events were dropped (reload from the API), and `:` comments while idle."""
-    project = await _authenticate(request)
+    project = await authenticate(request)
     hub = request.app[HUB_KEY]
     response = web.StreamResponse(
         headers={

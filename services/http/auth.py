@@ -111,10 +111,12 @@ def requires_key(path: str) -> bool:
     return path == PROTECTED_PREFIX or path.startswith(PROTECTED_PREFIX + "/")
 
 
-@web.middleware
-async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    if not requires_key(request.path):
-        return await handler(request)
+async def authenticate(request: web.Request) -> str:
+    """The project of the request's bearer key (also set on the request for the access log), or a 401.
+
+    The `/v1` middleware and any route outside `/v1` that needs a key (the console's event stream)
+    answer the same way.
+    """
     token = bearer_token(request)
     if token is None:
         raise unauthorized(
@@ -128,6 +130,13 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     if project is None:
         raise unauthorized(f"Incorrect API key provided: {key_hint(token) if len(token) > 12 else '***'}.")
     request[PROJECT_KEY] = project
+    return project
+
+
+@web.middleware
+async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    if requires_key(request.path):
+        await authenticate(request)
     return await handler(request)
 
 
