@@ -17,6 +17,8 @@ from collections.abc import Iterable
 
 from aiohttp import web
 
+from tests.support.servers import serve_on_loopback
+
 OVERLOADED = {"error": {"message": "the server is overloaded, try again later", "type": "server_error",
                         "param": None, "code": "overloaded"}}
 REFUSED = {"error": {"message": "this request is not acceptable", "type": "invalid_request_error",
@@ -34,11 +36,7 @@ class FlakyUpstream:
     async def start(self) -> FlakyUpstream:
         app = web.Application()
         app.router.add_post("/v1/chat/completions", self._chat)
-        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        self.url = f"http://127.0.0.1:{self._runner.addresses[0][1]}"
+        self._runner, self.url = await serve_on_loopback(app, access_log=None, shutdown_timeout=1.0)
         return self
 
     async def stop(self) -> None:

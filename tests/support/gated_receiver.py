@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 
 from aiohttp import web
 
+from tests.support.servers import serve_on_loopback
+
 
 @dataclass
 class GatedReceiver:
@@ -48,10 +50,7 @@ async def gated_receiver() -> AsyncIterator[GatedReceiver]:
     receiver = GatedReceiver()
     app = web.Application()
     app.router.add_route("*", "/{tail:.*}", receiver.handle)
-    runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=0.5)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    receiver.base_url = f"http://127.0.0.1:{runner.addresses[0][1]}"
+    runner, receiver.base_url = await serve_on_loopback(app, handle_signals=False, shutdown_timeout=0.5)
     try:
         yield receiver
     finally:

@@ -15,6 +15,7 @@ from aiohttp import web
 
 from services.state.batches import new_batch_document
 from tests.support.lines import CHAT
+from tests.support.servers import serve_on_loopback
 from tests.support.stack import Stack
 
 
@@ -39,11 +40,8 @@ class InputServer:
         app.router.add_get("/drip", self._drip)
         app.router.add_get("/hold", self._hold)
         app.router.add_get("/redirect", self._redirect)
-        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.1)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        self.port = self._runner.addresses[0][1]
+        self._runner, base = await serve_on_loopback(app, access_log=None, shutdown_timeout=0.1)
+        self.port = int(base.rsplit(":", 1)[1])
         return self
 
     async def stop(self) -> None:

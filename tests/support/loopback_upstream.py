@@ -19,6 +19,8 @@ from typing import Any
 
 from aiohttp import web
 
+from tests.support.servers import serve_on_loopback
+
 
 class LoopbackUpstream:
     def __init__(self, *, capacity: int | None = None, work_s: float = 0.0, refuse_s: float = 0.0,
@@ -39,11 +41,8 @@ class LoopbackUpstream:
         app = web.Application()
         app.router.add_post("/v1/chat/completions", self._chat)
         app.router.add_post("/v1/responses", self._responses)
-        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        self.url = f"http://127.0.0.1:{self._runner.addresses[0][1]}/v1"
+        self._runner, base = await serve_on_loopback(app, access_log=None, shutdown_timeout=1.0)
+        self.url = f"{base}/v1"
         return self
 
     async def stop(self) -> None:

@@ -30,6 +30,7 @@ from aiohttp import web
 
 from services.inference.registry import DEFAULT_MODELS_FILE
 from tests.support.lines import CHAT
+from tests.support.servers import serve_on_loopback
 from tests.support.wait import wait_for
 
 MARKED = "marked-model"
@@ -49,11 +50,7 @@ class MarkedUpstream:
     async def start(self) -> MarkedUpstream:
         app = web.Application()
         app.router.add_post("/v1/chat/completions", self._chat)
-        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        self.url = f"http://127.0.0.1:{self._runner.addresses[0][1]}"
+        self._runner, self.url = await serve_on_loopback(app, access_log=None, shutdown_timeout=1.0)
         return self
 
     async def stop(self) -> None:

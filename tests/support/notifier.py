@@ -23,6 +23,7 @@ from services.settings import Settings
 from services.state.batches import BatchStore, new_batch_document
 from services.state.outbox import EventPublisher
 from services.stores.mongo import close_database, open_database
+from tests.support.servers import serve_on_loopback
 from tests.support.wait import wait_for
 
 LOOPBACK_ALLOWED = ["127.0.0.1/32"]
@@ -98,10 +99,8 @@ async def serving_receivers() -> AsyncIterator[MakeReceiver]:
         receiver = Receiver(**options)
         app = web.Application()
         app.router.add_route("*", "/{tail:.*}", receiver.handle)
-        runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=0.5)
-        await runner.setup()
-        await web.TCPSite(runner, "127.0.0.1", 0).start()
-        receiver.url = f"http://127.0.0.1:{runner.addresses[0][1]}/hook"
+        runner, base = await serve_on_loopback(app, handle_signals=False, shutdown_timeout=0.5)
+        receiver.url = f"{base}/hook"
         runners.append(runner)
         receivers.append(receiver)
         return receiver

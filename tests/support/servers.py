@@ -46,3 +46,14 @@ async def serving(
         await http.close()
         await objects.close()
         await close_database(db)
+
+
+async def serve_on_loopback(app: web.Application, **runner_options: Any) -> tuple[web.AppRunner, str]:
+    """Serve `app` on a free loopback port: its runner (stop it with `runner.cleanup()`) and base URL.
+
+    The loopback upstreams, inputs and receivers of the tests are all served this way.
+    """
+    runner = web.AppRunner(app, **runner_options)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    return runner, f"http://127.0.0.1:{runner.addresses[0][1]}"

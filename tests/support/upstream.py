@@ -11,6 +11,7 @@ import uuid
 
 from aiohttp import web
 
+from tests.support.servers import serve_on_loopback
 from tests.support.wait import wait_for
 
 
@@ -29,11 +30,7 @@ class GatedUpstream:
     async def start(self) -> GatedUpstream:
         app = web.Application()
         app.router.add_post("/v1/chat/completions", self._chat)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        self.url = f"http://127.0.0.1:{self._runner.addresses[0][1]}"
+        self._runner, self.url = await serve_on_loopback(app, access_log=None)
         return self
 
     async def stop(self) -> None:
